@@ -1,0 +1,252 @@
+"""Errors in OpenAI's shape: `{"error": {"message", "type", "param", "code"}}` with a matching status.
+
+Services raise `ApplicationError` subclasses; one DRF handler (and the Django-level handlers for
+paths DRF never sees) renders every API error this way, so the official `openai` SDK raises its
+usual classes (BadRequestError, AuthenticationError, PermissionDeniedError, NotFoundError,
+ConflictError, UnprocessableEntityError, RateLimitError, InternalServerError).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.http import Http404, HttpRequest, JsonResponse
+from rest_framework import exceptions as drf
+from rest_framework.response import Response
+
+from realtime_platform.context import current_request_id
+
+logger = logging.getLogger(__name__)
+
+
+class ApplicationError(Exception):
+    status: int = 400
+    error_type: str = "invalid_request_error"
+    default_code: str | None = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        param: str | None = None,
+        error_type: str | None = None,
+        status: int | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code if code is not None else self.default_code
+        self.param = param
+        if error_type is not None:
+            self.error_type = error_type
+        if status is not None:
+            self.status = status
+        self.headers: dict[str, str] = dict(headers or {})
+
+    def as_body(self) -> dict[str, Any]:
+        return error_body(self.message, error_type=self.error_type, code=self.code, param=self.param)
+
+
+class BadRequest(ApplicationError):
+    status = 400
+    default_code = "invalid_value"
+
+
+class AuthenticationFailed(ApplicationError):
+    status = 401
+    default_code = "invalid_api_key"
+
+    def __init__(self, message: str, **kwargs: Any) -> None:
+        headers = {"WWW-Authenticate": 'Bearer realm="realtime-platform"', **kwargs.pop("headers", {})}
+        super().__init__(message, headers=headers, **kwargs)
+
+
+class PermissionDenied(ApplicationError):
+    status = 403
+    default_code = "permission_denied"
+
+
+class NotFound(ApplicationError):
+    """Unknown and not-yours look the same, so nobody can probe another tenant's ids."""
+
+    status = 404
+    default_code = "not_found"
+
+    def __init__(self, resource: str = "object", **kwargs: Any) -> None:
+        super().__init__(kwargs.pop("message", f"No such {resource}."), **kwargs)
+
+
+class Conflict(ApplicationError):
+    status = 409
+    default_code = "conflict"
+
+
+class Unprocessable(ApplicationError):
+    status = 422
+    default_code = "unprocessable_entity"
+
+
+class RateLimited(ApplicationError):
+    status = 429
+    error_type = "requests"
+    default_code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, retry_after: int, **kwargs: Any) -> None:
+        headers = {"Retry-After": str(max(1, int(retry_after))), **kwargs.pop("headers", {})}
+        super().__init__(message, headers=headers, **kwargs)
+
+
+class QuotaExceeded(ApplicationError):
+    """An exact quota is used up. Not retryable until the period turns over or the limit rises."""
+
+    status = 429
+    error_type = "insufficient_quota"
+    default_code = "insufficient_quota"
+
+
+class ServiceUnavailable(ApplicationError):
+    status = 503
+    error_type = "server_error"
+    default_code = "service_unavailable"
+
+    def __init__(self, message: str, *, retry_after: int = 1, **kwargs: Any) -> None:
+        headers = {"Retry-After": str(max(1, int(retry_after))), **kwargs.pop("headers", {})}
+        super().__init__(message, headers=headers, **kwargs)
+
+
+def error_body(
+    message: str,
+    *,
+    error_type: str = "invalid_request_error",
+    code: str | None = None,
+    param: str | None = None,
+) -> dict[str, Any]:
+    return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
+
+
+def server_error_body() -> dict[str, Any]:
+    request_id = current_request_id()
+    suffix = f" (request id {request_id})" if request_id else ""
+    return error_body(
+        "The server had an error while processing your request. Sorry about that! You can retry your "
+        f"request, or contact us if the error persists{suffix}.",
+        error_type="server_error",
+        code="server_error",
+    )
+
+
+def json_error(exc: ApplicationError) -> JsonResponse:
+    response = JsonResponse(exc.as_body(), status=exc.status)
+    for name, value in exc.headers.items():
+        response[name] = value
+    return response
+
+
+# --- DRF --------------------------------------------------------------------------------------
+
+_VALIDATION_CODES = {
+    "required": "missing_required_parameter",
+    "null": "invalid_type",
+    "invalid": "invalid_value",
+    "invalid_choice": "invalid_value",
+    "not_a_list": "invalid_type",
+    "not_a_dict": "invalid_type",
+    "max_length": "string_above_max_length",
+    "min_length": "string_below_min_length",
+    "max_value": "integer_above_max_value",
+    "min_value": "integer_below_min_value",
+    "unknown_parameter": "unknown_parameter",
+}
+
+
+def _first_validation_error(detail: Any, codes: Any, path: tuple[str, ...] = ()) -> tuple[str, str, str]:
+    """Walk DRF's nested error structure to the first leaf: (dotted param, message, code)."""
+    if isinstance(detail, Mapping):
+        for key, sub in detail.items():
+            sub_codes = codes.get(key) if isinstance(codes, Mapping) else codes
+            next_path = path if key == "non_field_errors" else (*path, str(key))
+            return _first_validation_error(sub, sub_codes, next_path)
+    if isinstance(detail, list) and detail:
+        first = detail[0]
+        first_code = codes[0] if isinstance(codes, list) and codes else codes
+        if isinstance(first, Mapping | list):
+            index = next((i for i, item in enumerate(detail) if item), 0)
+            code_at = codes[index] if isinstance(codes, list) and len(codes) > index else codes
+            return _first_validation_error(detail[index], code_at, (*path, str(index)))
+        return ".".join(path), str(first), str(first_code)
+    return ".".join(path), str(detail), str(codes)
+
+
+def validation_error_body(detail: Any, codes: Any) -> dict[str, Any]:
+    param, message, drf_code = _first_validation_error(detail, codes)
+    code = _VALIDATION_CODES.get(drf_code, "invalid_value")
+    if code == "missing_required_parameter":
+        text = f"Missing required parameter: '{param}'."
+    elif code == "unknown_parameter":
+        text = f"Unknown parameter: '{param}'."
+    elif param:
+        text = f"Invalid '{param}': {message}"
+    else:
+        text = message
+    return error_body(text, code=code, param=param or None)
+
+
+def api_exception_handler(exc: Exception, context: Mapping[str, Any]) -> Response:
+    if isinstance(exc, ApplicationError):
+        return Response(exc.as_body(), status=exc.status, headers=exc.headers)
+    if isinstance(exc, drf.ValidationError):
+        return Response(validation_error_body(exc.detail, exc.get_codes()), status=400)
+    if isinstance(exc, drf.ParseError):
+        return Response(
+            error_body(
+                "We could not parse the JSON body of your request. Send a valid JSON object with "
+                "Content-Type: application/json.",
+                code="invalid_json",
+            ),
+            status=400,
+        )
+    if isinstance(exc, drf.NotAuthenticated):
+        return Response(
+            error_body(
+                "You didn't provide an API key. Send it in an Authorization header using Bearer auth "
+                "(Authorization: Bearer YOUR_KEY).",
+                code="missing_api_key",
+            ),
+            status=401,
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    if isinstance(exc, Http404 | drf.NotFound):
+        return Response(error_body("No such object.", code="not_found"), status=404)
+    if isinstance(exc, DjangoPermissionDenied):
+        return Response(error_body("Permission denied.", code="permission_denied"), status=403)
+    if isinstance(exc, drf.Throttled):
+        retry = int(getattr(exc, "wait", None) or 1)
+        return Response(
+            error_body("Rate limit reached. Retry later.", error_type="requests", code="rate_limit_exceeded"),
+            status=429,
+            headers={"Retry-After": str(max(1, retry))},
+        )
+    if isinstance(exc, drf.APIException):
+        code = exc.default_code if isinstance(exc.default_code, str) else None
+        return Response(error_body(str(exc.detail), code=code), status=exc.status_code)
+    logger.error("unhandled error in API view %s", type(exc).__name__, exc_info=exc)
+    return Response(server_error_body(), status=500)
+
+
+# --- Django-level handlers (URLs DRF never sees) ----------------------------------------------
+
+API_PREFIXES = ("/v1/", "/api/")
+
+
+def is_api_path(path: str) -> bool:
+    return path.startswith(API_PREFIXES)
+
+
+def api_not_found(request: HttpRequest) -> JsonResponse:
+    return JsonResponse(
+        error_body(f"Invalid URL ({request.method} {request.path})", code="unknown_url"), status=404
+    )
