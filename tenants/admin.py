@@ -1,0 +1,93 @@
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin
+from django.http import HttpRequest
+
+from audit.actors import Actor
+from audit.services import audit_record
+from realtime_platform.admin_mixins import ReadOnlyAdmin
+from realtime_platform.http import client_ip
+from tenants.models import ApiKey, Membership, Plan, QuotaOverride, SessionPolicy, Tenant, UpstreamCredential
+from tenants.services import tenant_set_status
+
+
+def _actor(request: HttpRequest) -> Actor:
+    return Actor.for_user(request.user, ip=client_ip(request.META))  # type: ignore[arg-type]
+
+
+def _audit_form_changes(
+    request: HttpRequest, obj: Any, form: Any, action: str, tenant: Tenant | None
+) -> None:
+    changed = [name for name in form.changed_data if name != "status"]
+    if changed:
+        details = {"changes": {name: str(form.cleaned_data.get(name)) for name in changed}}
+        audit_record(tenant=tenant, actor=_actor(request), action=action, target=obj, details=details)
+
+
+@admin.register(Plan)
+class PlanAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+    list_display = ("slug", "name", "secrets_per_day", "concurrent_sessions", "cost_usd_per_month")
+    search_fields = ("slug", "name")
+
+    def save_model(self, request: HttpRequest, obj: Plan, form: Any, change: bool) -> None:
+        super().save_model(request, obj, form, change)
+        _audit_form_changes(request, obj, form, "plan.changed" if change else "plan.created", None)
+
+
+class SessionPolicyInline(admin.StackedInline):  # type: ignore[type-arg]
+    model = SessionPolicy
+    can_delete = False
+
+
+class QuotaOverrideInline(admin.StackedInline):  # type: ignore[type-arg]
+    model = QuotaOverride
+    can_delete = False
+
+
+class MembershipInline(admin.TabularInline):  # type: ignore[type-arg]
+    model = Membership
+    extra = 0
+    autocomplete_fields = ("user",)
+
+
+@admin.register(Tenant)
+class TenantAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+    list_display = ("slug", "name", "status", "plan", "upstream_mode", "created_at")
+    list_filter = ("status", "plan", "upstream_mode")
+    search_fields = ("slug", "name")
+    readonly_fields = ("created_at", "suspended_at")
+    inlines = (SessionPolicyInline, QuotaOverrideInline, MembershipInline)
+
+    def save_model(self, request: HttpRequest, obj: Tenant, form: Any, change: bool) -> None:
+        new_status = obj.status
+        if change and "status" in form.changed_data:
+            obj.status = form.initial["status"]  # the service applies, audits and fans out the change
+        super().save_model(request, obj, form, change)
+        if not change:
+            SessionPolicy.objects.get_or_create(tenant=obj)
+        if obj.status != new_status:
+            tenant_set_status(tenant=obj, status=new_status, actor=_actor(request), reason="Django admin")
+        _audit_form_changes(request, obj, form, "tenant.updated" if change else "tenant.created", obj)
+
+
+@admin.register(ApiKey)
+class ApiKeyAdmin(ReadOnlyAdmin):
+    list_display = ("prefix", "name", "tenant", "status", "created_at", "last_used_at")
+    list_filter = ("tenant",)
+    search_fields = ("prefix", "name", "tenant__slug")
+    exclude = ("fingerprint",)
+
+
+@admin.register(UpstreamCredential)
+class UpstreamCredentialAdmin(ReadOnlyAdmin):
+    list_display = ("tenant", "last_four", "updated_at")
+    exclude = ("ciphertext",)
+
+
+@admin.register(Membership)
+class MembershipAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+    list_display = ("user", "tenant", "role", "created_at")
+    list_filter = ("role", "tenant")
+    search_fields = ("user__username", "tenant__slug")
