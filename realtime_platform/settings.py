@@ -148,12 +148,13 @@ CELERY_EMBEDDED_BROKER_DIR = VAR_DIR / "celery-broker"
 CELERY_BROKER_URL = REDIS_URL or "filesystem://"
 CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, object] = {"visibility_timeout": 3600}
 if not REDIS_URL:
-    for sub in ("queue", "processed"):
+    for sub in ("queue", "processed", "control"):
         (CELERY_EMBEDDED_BROKER_DIR / sub).mkdir(parents=True, exist_ok=True)
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(CELERY_EMBEDDED_BROKER_DIR / "queue"),
         "data_folder_out": str(CELERY_EMBEDDED_BROKER_DIR / "queue"),
         "processed_folder": str(CELERY_EMBEDDED_BROKER_DIR / "processed"),
+        "control_folder": str(CELERY_EMBEDDED_BROKER_DIR / "control"),
         "store_processed": False,
     }
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
