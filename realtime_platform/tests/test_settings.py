@@ -24,7 +24,7 @@ PRODUCTION_ENV = {
 
 def run_manage(*args, env_overrides, tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "RTP_"))}
-    env.update({"RTP_VAR_DIR": str(tmp_path), "PYTHONPATH": str(ROOT)})
+    env.update({"RTP_VAR_DIR": str(tmp_path), "PYTHONPATH": str(ROOT), "RTP_READ_DOTENV": "false"})
     env.update(env_overrides)
     return subprocess.run(
         [sys.executable, "manage.py", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
