@@ -53,10 +53,31 @@ REALTIME = "/v1/realtime"
 INSECURE_KEY_SUBPROTOCOL = "openai-insecure-api-key."
 FAULT_HEADER = "x-emulator-fault"
 FAULT_QUERY = "emulator_fault"
+# Close codes after a refusal `error` event. Upstream's are not documented (spec digest §2.4), and
+# daphne lets an application close only with 1000 or 3000-4999, so these are 4xxx codes that read
+# like the HTTP status they stand for; 4000 is what upstream used for the retired beta shape.
+CLOSE_SERVER_ERROR = 1011
+CLOSE_BETA_REFUSED = 4000
+CLOSE_UNAUTHORIZED = 4001
+CLOSE_NOT_FOUND = 4004
 NO_KEY_MESSAGE = (
     "You didn't provide an API key. You need to provide your API key in an Authorization header using "
     "Bearer auth (i.e. Authorization: Bearer YOUR_KEY)."
 )
+
+
+class EmulatedSocketFailure(Exception):
+    """Raised out of the ASGI app to make the server drop the socket with 1011, as a crashing
+    upstream does (an application may not send 1011 itself under daphne)."""
+
+
+def _hide_emulated_failures(record: logging.LogRecord) -> bool:
+    exc = record.exc_info[1] if record.exc_info else None
+    return not isinstance(exc, EmulatedSocketFailure)
+
+
+# daphne logs application exceptions as errors; an injected failure is not one
+logging.getLogger("daphne.server").addFilter(_hide_emulated_failures)
 
 
 class Emulator:
@@ -215,7 +236,7 @@ class Emulator:
             self.state.connections.append(record)
         try:
             if fault is not None and fault.reject:
-                await send({"type": "websocket.close", "code": 1008})  # refused before the upgrade
+                await send({"type": "websocket.close", "code": 1000})  # before accept: the upgrade is refused
                 return
             if fault is not None and fault.accept_delay:
                 await asyncio.sleep(fault.accept_delay)
@@ -251,6 +272,7 @@ class Emulator:
         await send(accept)
 
         closed = asyncio.Event()
+        aborted: list[int] = []
 
         async def send_text(text: str) -> None:
             if not closed.is_set():
@@ -259,6 +281,9 @@ class Emulator:
         async def close(code: int, reason: str) -> None:
             if not closed.is_set():
                 closed.set()
+                if code == CLOSE_SERVER_ERROR:
+                    aborted.append(code)  # raised below: the server turns it into close code 1011
+                    return
                 await send({"type": "websocket.close", "code": code, "reason": reason})
 
         kind, secret = self.state.authenticate(key, allow_ephemeral=True)
@@ -299,6 +324,10 @@ class Emulator:
         finally:
             session.stop()
             closer.cancel()
+            if aborted:
+                receiver.cancel()
+                self.sessions.discard(session)
+                raise EmulatedSocketFailure("emulated upstream failure (fault injection)")
             if not receiver.done():
                 # we closed first: keep reading until the client's close handshake completes
                 try:
@@ -338,7 +367,7 @@ class Emulator:
                     "to use the GA interface.",
                     code="beta_api_shape_disabled",
                 ),
-                4000,
+                CLOSE_BETA_REFUSED,
             )
         if kind is None:
             if not key:
@@ -347,7 +376,7 @@ class Emulator:
                 message = "The ephemeral key has expired. Create a new client secret."
             else:
                 message = f"Incorrect API key provided: {mask_key(key)}."
-            return _ws_error(message, code="invalid_api_key"), 1008
+            return _ws_error(message, code="invalid_api_key"), CLOSE_UNAUTHORIZED
         if query.get("call_id"):
             return (
                 _ws_error(
@@ -355,7 +384,7 @@ class Emulator:
                     code="call_not_found",
                     param="call_id",
                 ),
-                1008,
+                CLOSE_NOT_FOUND,
             )
         model = query.get("model")
         if kind == "api_key" and model and model not in schema.REALTIME_MODELS:
@@ -365,7 +394,7 @@ class Emulator:
                     code="model_not_found",
                     param="model",
                 ),
-                1008,
+                CLOSE_NOT_FOUND,
             )
         return None
 

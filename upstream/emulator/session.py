@@ -509,6 +509,8 @@ class RealtimeSessionEmulator:
                 content_index=0,
                 delta=delta,
                 **extra,
+                # upstream pads streamed deltas with random characters so their sizes leak nothing
+                obfuscation=new_id("x")[2 : 2 + 8 + len(delta) % 8],
             )
         audio_tokens = math.ceil(duration_ms / MS_PER_USER_AUDIO_TOKEN)
         usage: dict[str, Any]

@@ -14,7 +14,7 @@ from upstream.testing import ReactorThread, ServerThread
 
 
 def test_emulator_fixture_points_settings_at_itself(emulator):
-    assert settings.OPENAI_BASE_URL == emulator.base_url
+    assert emulator.base_url == settings.OPENAI_BASE_URL
     assert settings.UPSTREAM_EMULATOR is True
     response = httpx.post(
         f"{emulator.base_url}/realtime/client_secrets",
@@ -47,7 +47,7 @@ def test_server_thread_stops_listening_and_closes_open_sockets(emulator):
     ws = connect(url, additional_headers={"Authorization": f"Bearer {emulator.api_key}"})
     ws.recv()
     server.stop()
-    with pytest.raises(Exception):  # noqa: B017, PT011  (closed by the server: any close error)
+    with pytest.raises(Exception):  # noqa: B017  (closed by the server: any close error)
         ws.recv(timeout=5)
     with pytest.raises(httpx.ConnectError):
         httpx.post(f"{server.http_url}/v1/realtime/client_secrets", timeout=2)
