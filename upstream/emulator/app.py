@@ -129,6 +129,7 @@ class Emulator:
         elapsed_ms = int((time.perf_counter() - started) * 1000)
         response_headers = [
             (b"content-type", b"application/json"),
+            (b"content-length", str(len(payload)).encode()),
             (b"x-request-id", request_id.encode()),
             (b"openai-version", b"2020-10-01"),
             (b"openai-processing-ms", str(elapsed_ms).encode()),

@@ -10,9 +10,10 @@ errors. The same specs validate the REST body, `session.update`, `response.creat
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
+
+import orjson
 
 Spec = Callable[[Any, str], Any]
 
@@ -696,12 +697,17 @@ def default_session(kind: str, *, model: str = DEFAULT_MODEL, voice: str = "allo
     }
 
 
+def copy_json(value: Any) -> Any:
+    """A deep copy of JSON data (several times faster than copy.deepcopy for it)."""
+    return orjson.loads(orjson.dumps(value))
+
+
 def merge_session(current: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
     """Apply a validated partial session onto the effective one: only the fields sent change."""
-    merged = copy.deepcopy(dict(current))
+    merged: dict[str, Any] = copy_json(current)
     for key, value in update.items():
         if key != "audio":
-            merged[key] = copy.deepcopy(value)
+            merged[key] = copy_json(value)
             continue
         audio = merged.setdefault("audio", {})
         for direction, fields in value.items():
@@ -712,7 +718,7 @@ def merge_session(current: Mapping[str, Any], update: Mapping[str, Any]) -> dict
                 elif name == "turn_detection":
                     target[name] = full_turn_detection(item)
                 else:
-                    target[name] = copy.deepcopy(item)
+                    target[name] = copy_json(item)
     return merged
 
 

@@ -51,6 +51,7 @@ SendText = Callable[[str], Awaitable[None]]
 Close = Callable[[int, str], Awaitable[None]]
 
 VAD_FRAME_MS = 10
+VAD_SAMPLE_RATE = 6000  # energy is estimated on this many samples a second (every 4th at 24 kHz)
 SPECIAL_TOKENS_PER_MESSAGE = 4
 IMAGE_TOKENS = 85
 CACHE_BLOCK_TOKENS = 64
@@ -377,6 +378,7 @@ class RealtimeSessionEmulator:
             return
         self._vad_pending += data
         frame_bytes = fmt.bytes_for_ms(VAD_FRAME_MS)
+        stride = max(1, fmt.sample_rate // VAD_SAMPLE_RATE)
         threshold = 0.05 * float(td.get("threshold", 0.5))  # RMS (full scale 1.0) that counts as speech
         if td["type"] == "semantic_vad":
             silence_needed = SEMANTIC_SILENCE_MS.get(str(td.get("eagerness")), 500)
@@ -390,7 +392,7 @@ class RealtimeSessionEmulator:
             frame = bytes(self._vad_pending[:frame_bytes])
             del self._vad_pending[:frame_bytes]
             frame_start, position = position, position + VAD_FRAME_MS
-            speech = audio.rms(audio.to_linear(frame, fmt)) > threshold
+            speech = audio.rms(audio.to_linear(frame, fmt), stride=stride) > threshold
             if not self.speaking:
                 if speech:
                     await self._speech_started(max(0.0, frame_start - padding), td)

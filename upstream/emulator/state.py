@@ -116,6 +116,7 @@ class EmulatorState:
         self.config = config
         self._lock = threading.Lock()
         self._secrets: dict[str, MintedSecret] = {}
+        self._last_purge = time.time()
         self.requests: deque[RecordedRequest] = deque(maxlen=1000)
         self.connections: deque[RecordedConnection] = deque(maxlen=1000)
         self._window_start = time.monotonic()
@@ -148,9 +149,11 @@ class EmulatorState:
         now = time.time()
         secret = MintedSecret(value=new_client_secret(), expires_at=int(now) + ttl_seconds, session=session)
         with self._lock:
-            # forget secrets that expired more than an hour ago, so a long-running server stays small
-            for value in [v for v, s in self._secrets.items() if s.expires_at < now - 3600]:
-                del self._secrets[value]
+            if now - self._last_purge > 60:
+                # forget secrets that expired over an hour ago, so a long-running server stays small
+                self._last_purge = now
+                for value in [v for v, s in self._secrets.items() if s.expires_at < now - 3600]:
+                    del self._secrets[value]
             self._secrets[secret.value] = secret
         return secret
 
