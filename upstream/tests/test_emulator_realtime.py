@@ -740,3 +740,112 @@ async def test_rate_limits_are_reported_after_each_response(emulator):
             assert 0 < limits["tokens"]["reset_seconds"] <= 60
     assert remaining[1][0] == remaining[0][0] - 1
     assert remaining[1][1] < remaining[0][1]
+
+
+async def test_max_output_tokens_cuts_the_response_short_as_incomplete(emulator):
+    async with realtime(emulator) as ws:
+        await ws.next()
+        await ws.send("response.create", response={"max_output_tokens": 40})
+        done = (await ws.until("response.done"))[-1]["response"]
+    assert done["status"] == "incomplete"
+    assert done["status_details"] == {"type": "incomplete", "reason": "max_output_tokens"}
+    assert 0 < done["usage"]["output_tokens"] <= 40
+    assert done["output"][0]["status"] == "incomplete"
+
+
+async def test_semantic_vad_waits_longer_when_less_eager(emulator):
+    async with realtime(emulator) as ws:
+        await ws.next()
+        await ws.send(
+            "session.update",
+            session={
+                "type": "realtime",
+                "audio": {"input": {"turn_detection": {"type": "semantic_vad", "eagerness": "low"}}},
+            },
+        )
+        await ws.until("session.updated")
+        await ws.append(speech(400) + silence(700))  # a pause a "high" eagerness would end the turn on
+        assert types(await ws.quiet(0.2)) == ["input_audio_buffer.speech_started"]
+        await ws.append(silence(400))
+        stopped = (await ws.until("input_audio_buffer.speech_stopped"))[-1]
+    assert stopped["audio_end_ms"] == 1400  # 1000 ms of silence after speech ended at 400 ms
+
+
+@pytest.mark.parametrize(
+    ("event", "code", "param"),
+    [
+        (
+            {
+                "type": "conversation.item.create",
+                "previous_item_id": "item_nope",
+                "item": {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "x"}]},
+            },
+            "item_not_found",
+            "previous_item_id",
+        ),
+        (
+            {"type": "conversation.item.create", "item": {"type": "message", "content": []}},
+            "missing_required_parameter",
+            "item.role",
+        ),
+        (
+            {
+                "type": "conversation.item.create",
+                "item": {"type": "message", "role": "assistant", "content": [{"type": "output_audio"}]},
+            },
+            "invalid_value",
+            "item.content[0].type",
+        ),
+        (
+            {
+                "type": "response.create",
+                "response": {"input": [{"type": "item_reference", "id": "item_nope"}]},
+            },
+            "item_not_found",
+            "response.input",
+        ),
+        (
+            {"type": "response.create", "response": {"metadata": {f"k{i}": "v" for i in range(17)}}},
+            "object_above_max_properties",
+            "response.metadata",
+        ),
+        (
+            {"type": "response.create", "response": {"conversation": "conv_123"}},
+            "invalid_value",
+            "response.conversation",
+        ),
+        (
+            {
+                "type": "conversation.item.truncate",
+                "item_id": "item_nope",
+                "content_index": 0,
+                "audio_end_ms": 1,
+            },
+            "item_not_found",
+            "item_id",
+        ),
+    ],
+)
+async def test_bad_item_and_response_requests(emulator, event, code, param):
+    async with realtime(emulator) as ws:
+        await ws.next()
+        await ws.send_raw(json.dumps({**event, "event_id": "evt_bad"}))
+        error = (await ws.next())["error"]
+    assert (error["code"], error["param"], error["event_id"]) == (code, param, "evt_bad")
+
+
+async def test_item_ids_chosen_by_the_client_must_be_unique(emulator):
+    item = {
+        "id": "item_mine",
+        "type": "message",
+        "role": "user",
+        "content": [{"type": "input_text", "text": "a"}],
+    }
+    async with realtime(emulator) as ws:
+        await ws.next()
+        await ws.send("conversation.item.create", item=item)
+        added = (await ws.until("conversation.item.done"))[-1]
+        await ws.send("conversation.item.create", item=item)
+        error = (await ws.next())["error"]
+    assert added["item"]["id"] == "item_mine"
+    assert error["param"] == "item.id"
