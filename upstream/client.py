@@ -363,7 +363,6 @@ class UpstreamClient:
                 open_timeout=self.connect_timeout,
                 max_size=MAX_UPSTREAM_MESSAGE_BYTES,
                 compression=None,  # audio is incompressible; deflate would only cost CPU
-                proxy=None,
             )
         except InvalidStatus as exc:
             response = exc.response

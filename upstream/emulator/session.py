@@ -943,7 +943,8 @@ class RealtimeSessionEmulator:
                 elif kind == "input_image":
                     image_in += IMAGE_TOKENS
                 elif kind in ("input_audio", "output_audio"):
-                    data = self.item_audio.get(item["id"], b"")
+                    # conversation items keep their audio aside; out-of-band input carries it inline
+                    data = self.item_audio.get(item["id"]) or _decoded(part.get("audio"))
                     if kind == "input_audio":
                         ms = self.input_format.duration_ms(len(data))
                         audio_in += math.ceil(ms / MS_PER_USER_AUDIO_TOKEN)
@@ -992,6 +993,13 @@ def _chunk_b64(chunk: bytes) -> str:
         if len(_b64_cache) < 512:
             _b64_cache[chunk] = cached
     return cached
+
+
+def _decoded(encoded: Any) -> bytes:
+    try:
+        return base64.b64decode(encoded, validate=True) if isinstance(encoded, str) else b""
+    except (binascii.Error, ValueError):
+        return b""
 
 
 def _texts(item: dict[str, Any]) -> list[str]:

@@ -849,3 +849,24 @@ async def test_item_ids_chosen_by_the_client_must_be_unique(emulator):
         error = (await ws.next())["error"]
     assert added["item"]["id"] == "item_mine"
     assert error["param"] == "item.id"
+
+
+async def test_out_of_band_input_audio_is_counted_as_input(emulator):
+    async with realtime(emulator) as ws:
+        await ws.next()
+        await ws.send(
+            "response.create",
+            response={
+                "conversation": "none",
+                "output_modalities": ["text"],
+                "input": [
+                    {
+                        "type": "message",
+                        "role": "user",
+                        "content": [{"type": "input_audio", "audio": b64(speech(1000))}],
+                    }
+                ],
+            },
+        )
+        done = (await ws.until("response.done"))[-1]["response"]
+    assert done["usage"]["input_token_details"]["audio_tokens"] == 10
