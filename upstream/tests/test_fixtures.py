@@ -97,3 +97,32 @@ def test_emulator_mount_is_off_when_a_real_key_is_configured(live_server_asgi, s
         timeout=10,
     )
     assert response.status_code == 404
+
+
+def test_the_sdk_talks_to_the_emulator_mounted_in_the_platform(live_server_asgi, settings):
+    """`make run`'s topology: the official SDK against /_emulator/v1 of the platform's own server."""
+    from openai import OpenAI
+
+    client = OpenAI(
+        base_url=f"{live_server_asgi.http_url}{settings.UPSTREAM_EMULATOR_PREFIX}/v1",
+        api_key=settings.UPSTREAM_EMULATOR_API_KEY,
+    )
+    secret = client.realtime.client_secrets.create(
+        session={"type": "realtime", "output_modalities": ["text"]}
+    )
+    browser = OpenAI(
+        base_url=f"{live_server_asgi.http_url}{settings.UPSTREAM_EMULATOR_PREFIX}/v1", api_key=secret.value
+    )
+    with browser.realtime.connect(model="gpt-realtime") as connection:
+        connection.conversation.item.create(
+            item={
+                "type": "message",
+                "role": "user",
+                "content": [{"type": "input_text", "text": "over the mount"}],
+            }
+        )
+        connection.response.create()
+        for event in connection:
+            if event.type == "response.done":
+                break
+    assert event.response.output[0].content[0].text == "You said: over the mount"
