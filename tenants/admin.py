@@ -3,6 +3,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib import admin
+from django.db import models
 from django.http import HttpRequest
 
 from audit.actors import Actor
@@ -59,6 +60,7 @@ class TenantAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     search_fields = ("slug", "name")
     readonly_fields = ("created_at", "suspended_at")
     inlines = (SessionPolicyInline, QuotaOverrideInline, MembershipInline)
+    formfield_overrides = {models.URLField: {"assume_scheme": "https"}}  # webhooks are https
 
     def save_model(self, request: HttpRequest, obj: Tenant, form: Any, change: bool) -> None:
         new_status = obj.status

@@ -28,6 +28,8 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "artifacts" / "screenshots"
+AXE = Path(__file__).resolve().parent / "vendor" / "axe-core-4.14.1" / "axe.min.js"
+AXE_RULES = ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa", "best-practice"]
 
 
 @pytest.fixture(scope="module")
@@ -55,8 +57,9 @@ def _plain_http_cookies(settings: Any) -> None:
 
 
 class ConsolePage:
-    """A browser tab on the console, failing the test on any browser console error (a CSP
-    violation, a missing file, a script error)."""
+    """A browser tab on the console: `screenshot(name)` saves the page for people to look at,
+    `assert_no_errors()` fails on any browser console error (a CSP violation, a missing file, a
+    script error), `assert_accessible()` runs axe-core on the page."""
 
     def __init__(self, page: Any, base_url: str) -> None:
         self.page = page
@@ -75,6 +78,16 @@ class ConsolePage:
 
     def assert_no_errors(self) -> None:
         assert self.errors == [], self.errors
+
+    def assert_accessible(self) -> None:
+        """axe-core finds no WCAG 2.1 A/AA or best-practice violation on the page as it is now."""
+        self.page.evaluate(AXE.read_text())  # via DevTools, so the page's CSP stays in force
+        violations = self.page.evaluate(
+            """async (tags) => (await axe.run(document, {runOnly: {type: "tag", values: tags}}))
+                .violations.map(v => `${v.id} (${v.impact}): ${v.help} at ${v.nodes.map(n => n.target).join(", ")}`)""",
+            AXE_RULES,
+        )
+        assert violations == [], violations
 
 
 @pytest.fixture

@@ -24,6 +24,7 @@ def test_sign_in_and_see_the_overview(console_page, owner, tenant):
     console_page.goto("/console/")
     expect(page).to_have_url(re.compile(r"/console/login/\?next=/console/$"))
     console_page.screenshot("login")
+    console_page.assert_accessible()
     page.get_by_label("Username").fill("alice")
     page.get_by_label("Password").fill("not the password")
     page.get_by_role("button", name="Sign in").click()
@@ -39,6 +40,7 @@ def test_sign_in_and_see_the_overview(console_page, owner, tenant):
     expect(page.locator("meter")).to_have_count(5)
     expect(page.get_by_text("0 of 10,000 (0%)")).to_be_visible()
     console_page.screenshot("overview")
+    console_page.assert_accessible()
     page.set_viewport_size({"width": 390, "height": 844})  # a phone: the menu becomes a strip on top
     console_page.screenshot("overview-mobile")
     console_page.assert_no_errors()
@@ -55,6 +57,7 @@ def test_admin_raises_a_quota(sign_in_as, admin_user, tenant):
     limits.get_by_label("Client secrets per day").fill("20000")  # above the plan: explained
     limits.get_by_role("button", name="Save limits").click()
     expect(page.get_by_text("cannot exceed the plan's limit of 10000")).to_be_visible()
+    console_page.assert_accessible()  # errors are tied to their fields
     limits = page.get_by_role("form", name="Your limits")
     limits.get_by_label("Client secrets per day").fill("500")
     limits.get_by_role("button", name="Save limits").click()
@@ -63,6 +66,7 @@ def test_admin_raises_a_quota(sign_in_as, admin_user, tenant):
     expect(row.get_by_role("cell").nth(2)).to_have_text("500")  # in force
     assert QuotaOverride.objects.get(tenant=tenant).secrets_per_day == 500
     console_page.screenshot("quotas")
+    console_page.assert_accessible()
     console_page.assert_no_errors()
 
 
@@ -86,6 +90,7 @@ def test_create_a_key_see_it_once_copy_it_and_revoke_it(sign_in_as, owner, tenan
     expect(page.get_by_text("Copied to the clipboard.")).to_be_visible()
     assert page.evaluate("navigator.clipboard.readText()") == plaintext
     console_page.screenshot("key-created")
+    console_page.assert_accessible()
 
     page.get_by_role("link", name=re.compile("back to API keys")).click()
     assert plaintext not in page.content()  # shown once, never again
@@ -97,6 +102,7 @@ def test_create_a_key_see_it_once_copy_it_and_revoke_it(sign_in_as, owner, tenan
     row = page.locator(f"#key-{key.pk}")
     expect(row.get_by_text("Active")).to_be_visible()
     console_page.screenshot("keys")
+    console_page.assert_accessible()
     row.get_by_role("button", name="Revoke Kiosk backend").click()  # confirm() is accepted
     expect(page.get_by_role("status").filter(has_text="is revoked")).to_be_visible()
     expect(page.locator(f"#key-{key.pk}").get_by_text("Revoked")).to_be_visible()
@@ -116,6 +122,7 @@ def test_member_of_two_tenants_switches_between_them(sign_in_as, owner, tenant, 
     page.get_by_role("button", name="Add member").click()
     expect(page.get_by_role("status").filter(has_text="dora is now a member (Compliance)")).to_be_visible()
     console_page.screenshot("members")
+    console_page.assert_accessible()
 
     page.get_by_text("Switch tenant").click()
     page.get_by_role("link", name=re.compile("^Bob Co")).click()
@@ -136,10 +143,12 @@ def test_viewer_cannot_reach_admin_actions(sign_in_as, viewer, tenant):
     )
     expect(page.get_by_role("link", name="Change limits and session policy")).to_have_count(0)
     console_page.screenshot("overview-viewer")
+    console_page.assert_accessible()
     for path in ("quotas/", "keys/", "members/", f"keys/{key.pk}/settings/"):
         response = console_page.goto(f"/console/{tenant.slug}/{path}")
         assert response.status == 404
         expect(page.get_by_role("heading", name="Page not found")).to_be_visible()
+    console_page.assert_accessible()
     # a forged POST from the viewer's own signed-in page is refused the same way
     console_page.goto(f"/console/{tenant.slug}/")
     status = page.evaluate(
