@@ -1,17 +1,35 @@
 """The tenant console's framework: one guard for every per-tenant page, the navigation, and the
 helpers pages share (rendering, service errors as form messages, show-once secrets).
 
-A page is a view function decorated with `console_view`; it receives the request and a `Console`
-(the tenant, the user's membership, the actor for audit records) and renders a template that
-extends `console/base.html`:
+Adding a page (say the audit viewer, in the audit app):
 
-    @console_view(roles=AUDIT_ROLES, nav="audit")
-    def audit_list(request: HttpRequest, console: Console) -> HttpResponse:
-        events = audit_event_list(tenant=console.tenant, ...)
-        return console.render("audit/console/list.html", {"events": events})
+1. The view, in `audit/console_views.py`, guarded by `console_view` with the roles that may open
+   it and the menu entry it belongs to. It receives the request and a `Console`: the tenant, the
+   user's membership (`role`, `can_manage`), `actor` for the services it calls, `url(name, *args)`
+   and `redirect(name, *args)` for console URLs, and `render(template, context)`:
 
-URLs live under `/console/<tenant_slug>/…` (see `realtime_platform/console_urls.py`); the guard
-reads the `tenant_slug` URL argument and hands the rest of the URL arguments to the view.
+       @console_view(roles=AUDIT_ROLES, nav="audit", methods=("GET", "HEAD"))
+       def audit_list(request: HttpRequest, console: Console) -> HttpResponse:
+           events = audit_event_list(tenant=console.tenant, ...)
+           return console.render("audit/console/list.html", {"events": events})
+
+   Actions are separate POST-only views with the roles allowed to act (usually MANAGE_ROLES).
+   A service's ApplicationError goes on the form with `console.form_error(form, exc)`, or into
+   `messages.error(request, exc.message)` before redirecting back. Objects inside the tenant come
+   through an `access_*` guard or a tenant-scoped selector; turn NotFound into Http404.
+2. The URLs, in `audit/console_urls.py` (plain `urlpatterns`, no `app_name`), included under
+   `<slug:tenant_slug>/audit/` in `realtime_platform/console_urls.py`; names join the "console"
+   namespace (`{% url 'console:audit' console.tenant.slug %}`).
+3. One `NavItem` in `NAV` below, with the same roles as the guard (a test checks they match).
+4. The template, `audit/templates/audit/console/list.html`, extends `console/base.html` and fills
+   `page_title` and `content` (and `extra_scripts` for page scripts). Forms subclass `ConsoleForm`
+   and render with `{% include "console/_form_fields.html" %}`.
+5. No inline `<script>` or `style=""`: console pages carry a strict Content-Security-Policy. Put
+   scripts in static files and hand them data with `{{ data|json_script:"id" }}`; Chart.js is at
+   `{% static 'vendor/chartjs-4.6.1/chart.umd.min.js' %}`. Pages that poll (htmx `hx-trigger=
+   "every 30s"`) send `hx-headers='{"X-Console-Background": "1"}'` so polling does not count as
+   activity for the idle timeout; `is_htmx(request)` tells a fragment request from a page load.
+   Destructive buttons sit in a `<form data-confirm="Question?">`; `data-copy="#id"` buttons copy.
 """
 
 from __future__ import annotations

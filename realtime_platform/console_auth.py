@@ -49,6 +49,9 @@ logger = logging.getLogger(__name__)
 SESSION_AUTH_AT = "rtp_auth_at"  # unix seconds of sign-in
 SESSION_SEEN_AT = "rtp_seen_at"  # unix seconds of the last request (written at most once a minute)
 SEEN_RESOLUTION_SECONDS = 60
+# Requests a page makes by itself (htmx polling) send this header: they keep showing fresh data but
+# are not activity, so a console left open in a tab still signs out after the idle timeout.
+BACKGROUND_HEADER = "X-Console-Background"
 
 # Console pages run no inline script or style, so a strict policy costs nothing and blunts XSS.
 CONSOLE_CSP = "; ".join(
@@ -266,5 +269,5 @@ class ConsoleSessionMiddleware:
             logout(request)  # flushes the session; the view now sees an anonymous user
             messages.info(request, message)
             return
-        if now - seen_at >= SEEN_RESOLUTION_SECONDS:
+        if now - seen_at >= SEEN_RESOLUTION_SECONDS and not request.headers.get(BACKGROUND_HEADER):
             session[SESSION_SEEN_AT] = now

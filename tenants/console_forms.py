@@ -15,6 +15,7 @@ from django.utils import timezone
 from realtime_platform.console import ConsoleForm
 from tenants.models import ALL_SCOPES, QuotaLimits, Role, Scope, SessionPolicy, Tenant
 from tenants.selectors import EffectiveLimits
+from tenants.services import POLICY_FIELDS
 
 LIMIT_LABELS = {
     "secrets_per_day": "Client secrets per day",
@@ -171,8 +172,6 @@ class PolicyForm(ConsoleForm):
 
     @staticmethod
     def initial_from(policy: SessionPolicy) -> dict[str, Any]:
-        from tenants.services import POLICY_FIELDS
-
         initial = {name: getattr(policy, name) for name in POLICY_FIELDS}
         initial["restrict_tools"] = policy.tool_allowlist is not None
         initial["tool_allowlist"] = policy.tool_allowlist or []

@@ -14,6 +14,7 @@ from typing import Any
 from django.contrib import messages
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect
+from django.views.decorators.debug import sensitive_post_parameters
 
 from realtime_platform.console import (
     ALL_ROLES,
@@ -228,6 +229,7 @@ def quotas_policy_update(request: HttpRequest, console: Console) -> HttpResponse
     return _quotas_page(console, policy_form=form)
 
 
+@sensitive_post_parameters("secret")  # the OpenAI key never reaches error reports
 @console_view(roles=MANAGE_ROLES, nav="quotas", methods=("POST",))
 def quotas_upstream_update(request: HttpRequest, console: Console) -> HttpResponse:
     form = UpstreamForm(request.POST)

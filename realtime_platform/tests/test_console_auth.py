@@ -243,3 +243,19 @@ def test_admin_sign_in_is_throttled_and_audited_too(settings):
     response = Client().post("/admin/login/?next=/admin/", {"username": "ops2", "password": PASSWORD})
     assert response.status_code == 302
     assert events("auth.login")[-1].actor_label == "ops2"
+
+
+@pytest.mark.django_db
+def test_background_polling_is_not_activity(owner, tenant, settings):
+    settings.CONSOLE_IDLE_TIMEOUT_SECONDS = 600
+    client = Client()
+    client.force_login(owner)
+    _age_session(client, auth_ago=500, seen_ago=400)
+    seen = client.session[SESSION_SEEN_AT]
+    bars = f"/console/{tenant.slug}/overview/quota-bars/"
+    assert client.get(bars, HTTP_HX_REQUEST="true", HTTP_X_CONSOLE_BACKGROUND="1").status_code == 200
+    assert client.session[SESSION_SEEN_AT] == seen  # the open tab does not keep the session alive
+    _age_session(client, auth_ago=800, seen_ago=601)
+    response = client.get(bars, HTTP_HX_REQUEST="true", HTTP_X_CONSOLE_BACKGROUND="1")
+    assert response.status_code == 401
+    assert response["HX-Redirect"] == "/console/login/"  # the tab goes to the sign-in page

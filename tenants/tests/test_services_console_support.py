@@ -39,7 +39,12 @@ def test_key_sub_limits_cannot_exceed_the_tenants_limit_in_force(tenant):
 @pytest.mark.django_db
 def test_key_settings_are_audited_only_when_something_changes(tenant):
     key = make_key(tenant).api_key
-    values = {"secrets_per_day": 5, "concurrent_sessions": None, "cost_usd_per_month": None, "secret_kind": ""}
+    values = {
+        "secrets_per_day": 5,
+        "concurrent_sessions": None,
+        "cost_usd_per_month": None,
+        "secret_kind": "",
+    }
     api_key_settings_update(api_key=key, actor=ACTOR, values=values)
     api_key_settings_update(api_key=key, actor=ACTOR, values=values)
     events = AuditEvent.objects.filter(action="key.settings_changed")

@@ -84,7 +84,8 @@ class ConsolePage:
         self.page.evaluate(AXE.read_text())  # via DevTools, so the page's CSP stays in force
         violations = self.page.evaluate(
             """async (tags) => (await axe.run(document, {runOnly: {type: "tag", values: tags}}))
-                .violations.map(v => `${v.id} (${v.impact}): ${v.help} at ${v.nodes.map(n => n.target).join(", ")}`)""",
+                .violations.map(v => `${v.id} (${v.impact}): ${v.help} at `
+                                     + v.nodes.map(n => n.target).join(", "))""",
             AXE_RULES,
         )
         assert violations == [], violations
