@@ -55,7 +55,9 @@ def _audit_inline_changes(request: HttpRequest, tenant: Tenant, formset: Any) ->
         record("added", obj, {})
     for obj, fields in formset.changed_objects:
         before = initial.get(obj.pk, {})
-        changes = {name: {"before": str(before.get(name)), "after": str(getattr(obj, name))} for name in fields}
+        changes = {
+            name: {"before": str(before.get(name)), "after": str(getattr(obj, name))} for name in fields
+        }
         record("changed", obj, {"changes": changes})
     for obj in formset.deleted_objects:
         record("deleted", obj, {})
