@@ -455,3 +455,28 @@ def test_member_removed_loses_access_at_once(owner, tenant):
     signed_in(owner).post(url(tenant, "member-remove", target.pk))
     assert their_client.get(url(tenant, "keys")).status_code == 404
     assert their_client.get(url(tenant, "overview")).status_code == 404
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("page", ["keys", "members", "quotas", "overview"])
+def test_page_query_count_does_not_grow_with_rows(owner, tenant, page):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    client = signed_in(owner)
+
+    def queries() -> int:
+        with CaptureQueriesContext(connection) as captured:
+            assert client.get(url(tenant, page)).status_code == 200
+        return len(captured)
+
+    def add_rows(n: int, start: int) -> None:
+        for i in range(start, start + n):
+            make_key(tenant, name=f"k{i}", secrets_per_day=10, created_by=owner)
+            MembershipFactory(tenant=tenant, role=Role.VIEWER, user=UserFactory(username=f"member{i}"))
+
+    add_rows(2, 0)
+    queries()  # the first request after sign-in also stamps the session
+    few = queries()
+    add_rows(10, 2)
+    assert queries() == few
