@@ -9,6 +9,7 @@ Setting DATABASE_URL, REDIS_URL or OPENAI_API_KEY switches to PostgreSQL, Redis 
 from __future__ import annotations
 
 import hashlib
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -77,6 +78,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "realtime_platform.console_auth.ConsoleSessionMiddleware",  # idle/absolute timeouts, console headers
 ]
 
 ROOT_URLCONF = "realtime_platform.urls"
@@ -223,6 +225,16 @@ SESSION_COOKIE_AGE = env_int("DJANGO_SESSION_COOKIE_AGE", 8 * 3600)
 SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SAMESITE = "Lax"
 CSRF_COOKIE_SAMESITE = "Lax"
+# Console sessions end after this long without a request, and SESSION_COOKIE_AGE after sign-in
+# however active they are (enforced server-side by ConsoleSessionMiddleware, not just by the cookie).
+CONSOLE_IDLE_TIMEOUT_SECONDS = env_int("RTP_CONSOLE_IDLE_TIMEOUT", 30 * 60)
+CONSOLE_ABSOLUTE_TIMEOUT_SECONDS = SESSION_COOKIE_AGE
+# Failed sign-ins allowed per window (django-ratelimit rates) before further attempts are refused.
+CONSOLE_LOGIN_FAILURES_PER_USERNAME = env_str("RTP_CONSOLE_LOGIN_FAILURES_PER_USERNAME", "5/15m")
+CONSOLE_LOGIN_FAILURES_PER_IP = env_str("RTP_CONSOLE_LOGIN_FAILURES_PER_IP", "30/15m")
+for _rate in (CONSOLE_LOGIN_FAILURES_PER_USERNAME, CONSOLE_LOGIN_FAILURES_PER_IP):
+    if not re.fullmatch(r"[1-9]\d*/\d*[smhd]", _rate):
+        raise ImproperlyConfigured(f"Login throttle rate {_rate!r} must look like '5/15m' (count/period).")
 
 # --- HTTPS and deploy hygiene (`manage.py check --deploy` passes with DEBUG off) -------------
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if env_bool("DJANGO_BEHIND_PROXY") else None
