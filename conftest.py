@@ -2,8 +2,9 @@
 
 Tests that need PostgreSQL (row locks, races), Redis (channel layer, broker, shared limits) or a
 browser carry `@pytest.mark.postgres` / `@pytest.mark.redis` / `@pytest.mark.browser`. Without
-DATABASE_URL / REDIS_URL / Debian's Chromium they are skipped locally; CI sets RTP_REQUIRE_SERVICES=1, which turns a would-be skip into a failure so
-they can never silently stop running there.
+DATABASE_URL / REDIS_URL / Debian's Chromium they are skipped locally; CI sets
+RTP_REQUIRE_SERVICES=1, which turns a would-be skip into a failure so they can never silently stop
+running there.
 """
 
 from __future__ import annotations
