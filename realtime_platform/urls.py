@@ -4,12 +4,15 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView
 
 from realtime_platform.health import healthz
 from realtime_platform.views import index
+from tokens.urls import api_urlpatterns, v1_urlpatterns
 
 urlpatterns = [
     path("", index, name="index"),
     path("healthz", healthz, name="healthz"),
     path("admin/", admin.site.urls),
     path("api/v1/", include("tenants.api_urls")),
+    path("api/v1/", include(api_urlpatterns)),
+    path("v1/", include(v1_urlpatterns)),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularRedocView.as_view(url_name="api-schema"), name="api-docs"),
 ]
