@@ -133,12 +133,15 @@ def _start(token: str | None, body: bytes, idempotency_key: str | None, ip: str 
     return started, upstream_client_for(principal.tenant)
 
 
+def _no_view(request: Any) -> HttpResponse:
+    return HttpResponse()
+
+
 class IssuanceFastPath:
     """ASGI middleware: serves `POST /v1/realtime/client_secrets`, passes everything else on."""
 
     def __init__(self, app: Callable[[Any, Any, Any], Awaitable[None]]) -> None:
         self.app = app
-        self.security = SecurityMiddleware(lambda request: HttpResponse())
 
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
         if (
@@ -155,16 +158,19 @@ class IssuanceFastPath:
         body, too_large = await _read_body(receive, settings.DATA_UPLOAD_MAX_MEMORY_SIZE)
         request = ASGIRequest(scope, io.BytesIO(body))
         RequestIdMiddleware._start(request)
+        security = SecurityMiddleware(_no_view)  # reads its settings now, as Django would per process
         try:
-            response = await self._respond(request, body, too_large)
+            response = await self._respond(request, body, too_large, security)
         except Exception as exc:  # a bug: log it, answer OpenAI's 500 without internals
             logger.error("unhandled error on POST %s", PATH, exc_info=exc)
             response = JsonResponse(server_error_body(), status=500)
-        response = self.security.process_response(request, response)
+        response = security.process_response(request, response)
         response = RequestIdMiddleware._finish(request, response)
         await _send_response(response, send)
 
-    async def _respond(self, request: ASGIRequest, body: bytes, too_large: bool) -> HttpResponse:
+    async def _respond(
+        self, request: ASGIRequest, body: bytes, too_large: bool, security: SecurityMiddleware
+    ) -> HttpResponse:
         if too_large:
             limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
             return JsonResponse(
@@ -177,7 +183,7 @@ class IssuanceFastPath:
             request.get_host()
         except DisallowedHost:
             return json_error(BadRequest("Invalid Host header.", code="invalid_host"))
-        redirect = self.security.process_request(request)
+        redirect = security.process_request(request)
         if isinstance(redirect, HttpResponsePermanentRedirect):
             return redirect
         request_id = request.request_id  # type: ignore[attr-defined]
@@ -243,6 +249,7 @@ async def _read_body(receive: Receive, limit: int) -> tuple[bytes, bool]:
 
 
 async def _send_response(response: HttpResponse, send: Send) -> None:
+    response["Content-Length"] = str(len(response.content))
     headers = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in response.items()]
     await send({"type": "http.response.start", "status": response.status_code, "headers": headers})
     await send({"type": "http.response.body", "body": response.content})

@@ -295,24 +295,33 @@ MaxOutputTokens = Annotated[
 ]
 
 
+class PromptCacheBreakpoint(_Strict):
+    mode: Literal["explicit"]
+    ttl: Literal["30m", "12h"] | None = None
+
+
 class PromptInputText(_Strict):
     type: Literal["input_text"]
     text: str
+    prompt_cache_breakpoint: PromptCacheBreakpoint | None = None
 
 
 class PromptInputImage(_Strict):
     type: Literal["input_image"]
-    detail: Literal["low", "high", "auto", "original"] | None = None
+    detail: Literal["low", "high", "auto", "original"]
     file_id: str | None = None
     image_url: str | None = None
+    prompt_cache_breakpoint: PromptCacheBreakpoint | None = None
 
 
 class PromptInputFile(_Strict):
     type: Literal["input_file"]
+    detail: Literal["auto", "low", "high"] | None = None
     file_data: str | None = None
     file_id: str | None = None
     file_url: str | None = None
     filename: str | None = None
+    prompt_cache_breakpoint: PromptCacheBreakpoint | None = None
 
 
 def _prompt_variable_kind(value: Any) -> str | None:
