@@ -261,6 +261,12 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "OpenAI-compatible realtime client secrets and the tenant management API.",
     "VERSION": "0.1.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    # 3.1: the OpenAI request schema (pydantic) uses JSON Schema nulls, which 3.0 cannot express.
+    "OAS_VERSION": "3.1.0",
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "realtime_platform.openapi.add_error_responses",
+    ],
 }
 
 # --- Logging ----------------------------------------------------------------------------------

@@ -1,48 +1,14 @@
-"""OpenAPI pieces of the client-secret API (drf-spectacular): the OpenAI response shape and the
-error body every endpoint answers with."""
+"""OpenAPI pieces of the client-secret API (drf-spectacular): OpenAI's response shape."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from drf_spectacular.utils import OpenApiResponse
 from rest_framework import serializers
 
-_ERROR_DESCRIPTIONS = {
-    400: "Invalid request: `param` names the offending field (dotted path).",
-    401: "Missing, malformed, unknown, revoked or expired API key.",
-    403: "The key lacks the scope, or the tenant is suspended.",
-    404: "No such object (another tenant's objects look the same as missing ones).",
-    409: "A request with the same Idempotency-Key is still in flight; retry shortly.",
-    413: "Request body over the size limit.",
-    422: "The Idempotency-Key was used with a different body.",
-    429: "Rate limit (`type: requests`, with Retry-After) or quota used up (`type: insufficient_quota`).",
-    500: "Unexpected error; the message carries the request id.",
-    502: "OpenAI failed or could not be reached after retries.",
-    503: "A dependency (the rate-limit store) is unavailable; see Retry-After.",
-}
+from realtime_platform.openapi import error_responses
 
-
-class ErrorDetail(serializers.Serializer[Any]):
-    message = serializers.CharField()
-    type = serializers.CharField(
-        help_text="e.g. invalid_request_error, requests, insufficient_quota, server_error"
-    )
-    param = serializers.CharField(allow_null=True)
-    code = serializers.CharField(allow_null=True)
-
-
-class ErrorResponse(serializers.Serializer[Any]):
-    """OpenAI's error shape."""
-
-    error = ErrorDetail()
-
-
-def error_responses(*statuses: int) -> dict[int, OpenApiResponse]:
-    return {
-        status: OpenApiResponse(response=ErrorResponse, description=_ERROR_DESCRIPTIONS[status])
-        for status in statuses
-    }
+__all__ = ["ClientSecretCreateResponse", "error_responses"]
 
 
 class ClientSecretCreateResponse(serializers.Serializer[Any]):
