@@ -52,6 +52,7 @@ from realtime_platform.http import client_ip
 from realtime_platform.middleware import RequestIdMiddleware
 from tenants.auth import INCORRECT_KEY_MESSAGE, api_key_authenticate, bearer_token
 from tokens.apis import issued_response
+from tokens.selectors import ISSUANCE_RELATED
 from tokens.services import (
     Issued,
     UpstreamPending,
@@ -122,7 +123,7 @@ def _start(token: str | None, body: bytes, idempotency_key: str | None, ip: str 
     upstream kind it also picks the OpenAI client (it may decrypt the tenant's own key)."""
     if token == "":  # an Authorization header that is not "Bearer <token>"
         raise AuthenticationFailed(INCORRECT_KEY_MESSAGE)
-    principal = api_key_authenticate(token)
+    principal = api_key_authenticate(token, related=ISSUANCE_RELATED)
     started = client_secret_issue_start(
         principal=principal, body=body, idempotency_key=idempotency_key, ip=ip
     )

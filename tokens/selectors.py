@@ -11,7 +11,7 @@ from django.db.models import Count, Q, QuerySet
 from django.db.models.functions import TruncDate
 from django.utils import timezone
 
-from tenants.models import ApiKey, SessionPolicy, Tenant
+from tenants.models import ApiKey, Tenant
 from tenants.selectors import EffectiveLimits, limits_of
 from tokens.models import ClientSecret
 from tokens.policy import PolicyView
@@ -25,14 +25,25 @@ class IssuanceContext:
     limits: EffectiveLimits
 
 
+# Load these with the key (api_key_authenticate(..., related=ISSUANCE_RELATED)) and
+# issuance_context() needs no query of its own.
+ISSUANCE_RELATED = ("tenant__plan", "tenant__quota_override", "tenant__session_policy")
+
+
 def issuance_context(*, tenant: Tenant, api_key: ApiKey) -> IssuanceContext:
-    """The tenant's policy, plan and limits in one query; the key may override the secret kind."""
-    policy = SessionPolicy.objects.select_related("tenant__plan", "tenant__quota_override").get(
-        tenant_id=tenant.pk
+    """The tenant's policy, plan and limits (one query, or none when the key was loaded with
+    ISSUANCE_RELATED); the key may override the secret kind."""
+    loaded = (
+        Tenant.plan.is_cached(tenant)
+        and Tenant.session_policy.is_cached(tenant)
+        and Tenant.quota_override.is_cached(tenant)
     )
-    plan = policy.tenant.plan
+    if not loaded:
+        tenant = Tenant.objects.select_related("plan", "quota_override", "session_policy").get(pk=tenant.pk)
+    policy = tenant.session_policy
+    plan = tenant.plan
     try:
-        override = policy.tenant.quota_override
+        override = tenant.quota_override
     except ObjectDoesNotExist:
         override = None
     limits = limits_of(plan, override)
