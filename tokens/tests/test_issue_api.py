@@ -395,3 +395,14 @@ def test_an_unusable_idempotency_key_is_400(key_client):
     response = issue(key_client, BODY, HTTP_IDEMPOTENCY_KEY="x" * 256)
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "invalid_idempotency_key"
+
+
+def test_the_purge_deletes_only_records_past_their_24_hours(key_client):
+    from tokens.idempotency import idempotency_purge
+
+    issue(key_client, BODY, HTTP_IDEMPOTENCY_KEY="old")
+    issue(key_client, BODY, HTTP_IDEMPOTENCY_KEY="new")
+    IdempotencyRecord.objects.filter(key="old").update(expires_at=timezone.now() - timedelta(seconds=1))
+    assert idempotency_purge() == 1
+    assert list(IdempotencyRecord.objects.values_list("key", flat=True)) == ["new"]
+    assert ClientSecret.objects.count() == 2  # the secrets themselves stay
