@@ -1,1 +1,2 @@
-"""Benchmarks (`make bench`): each prints ratios against a baseline measured in the same run."""
+"""Benchmarks (`make bench`, i.e. `python -m bench [name ...]`); each prints ratios against a
+baseline measured in the same run."""

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 BENCHMARKS = {
+    "emulator": "bench.emulator",  # the OpenAI emulator's own REST and WebSocket rates vs bare daphne
     "issuance": "bench.issuance",  # POST /v1/realtime/client_secrets: platform vs direct-to-emulator
 }
 
