@@ -21,6 +21,7 @@ from rest_framework.response import Response
 
 from realtime_platform.context import current_request_id
 from realtime_platform.redaction import redact_text
+from upstream.errors import UpstreamError
 
 logger = logging.getLogger(__name__)
 
@@ -233,7 +234,7 @@ def as_api_error(exc: Exception) -> ApplicationError | None:
     if isinstance(exc, drf.APIException):
         code = exc.default_code if isinstance(exc.default_code, str) else None
         return ApplicationError(str(exc.detail), code=code, status=exc.status_code)
-    if _is_upstream_error(exc):
+    if isinstance(exc, UpstreamError):
         return upstream_error_to_api_error(exc)
     return None
 
@@ -249,52 +250,61 @@ def api_exception_handler(exc: Exception, context: Mapping[str, Any]) -> Respons
 # --- OpenAI (upstream) failures ---------------------------------------------------------------
 
 
-def _is_upstream_error(exc: Exception) -> bool:
-    # The upstream client's UpstreamError (upstream/errors.py), recognised by its contract
-    # attributes so this module needs no import from the upstream app.
-    return type(exc).__name__ == "UpstreamError" and hasattr(exc, "retryable")
-
-
-def upstream_error_to_api_error(error: Exception) -> ApplicationError:
+def upstream_error_to_api_error(error: UpstreamError) -> ApplicationError:
     """What a client hears when OpenAI failed after the upstream client's own retries.
 
-    - no answer (timeout, connection failure) → 502 `upstream_unavailable`, Retry-After
+    - timeout → 504 `upstream_timeout`; connection failure → 502 `upstream_unavailable` (Retry-After)
+    - the platform cannot call OpenAI at all (no key configured, the tenant's own key missing)
+      → 503 with the upstream client's code
     - 429 → 429 with OpenAI's type and code (`insufficient_quota` is not retryable), Retry-After
     - 401/403: the platform's (or the tenant's own) OpenAI key was refused; not the caller's
       fault → 502 `upstream_auth_failed`
     - other 4xx (OpenAI rejected the session) → the same status, message, param and code
-    - 5xx → 502 `upstream_error`
+    - 5xx, or an answer that is not OpenAI's → 502 `upstream_error`
     Messages are redacted: OpenAI echoes parts of a rejected key."""
-    status: int | None = getattr(error, "status", None)
-    message = redact_text(str(getattr(error, "message", "") or error))
-    request_id = getattr(error, "request_id", None)
-    retry_after = getattr(error, "retry_after", None)
-    where = f" (OpenAI request id {request_id})" if request_id else ""
-    retry_headers = {"Retry-After": str(max(1, math.ceil(retry_after or 1)))}
-    if status is None:
+    message = redact_text(error.message)
+    where = f" (OpenAI request id {error.request_id})" if error.request_id else ""
+    retry_headers = {"Retry-After": str(max(1, math.ceil(error.retry_after or 1)))}
+    status = error.status
+    if status is None and error.code == "timeout":
         return ApplicationError(
-            f"The OpenAI API could not be reached or did not answer in time{where}. Please retry shortly.",
+            f"The OpenAI API did not answer in time{where}. Please retry shortly.",
+            status=504,
+            error_type="server_error",
+            code="upstream_timeout",
+            headers=retry_headers,
+        )
+    if status is None and error.retryable:
+        return ApplicationError(
+            f"The OpenAI API could not be reached{where}. Please retry shortly.",
             status=502,
             error_type="server_error",
             code="upstream_unavailable",
             headers=retry_headers,
         )
+    if status is None:
+        return ApplicationError(
+            f"This organization cannot reach OpenAI right now: {message}",
+            status=503,
+            error_type="server_error",
+            code=error.code or "upstream_not_configured",
+        )
     if status == 429:
-        code = getattr(error, "code", None) or "rate_limit_exceeded"
+        code = error.code or "rate_limit_exceeded"
         headers = dict(retry_headers)
         if code == "insufficient_quota":
             headers["x-should-retry"] = "false"
         return ApplicationError(
             f"OpenAI refused the request for now: {message}{where}",
             status=429,
-            error_type=getattr(error, "type", None) or "requests",
+            error_type=error.type or "requests",
             code=code,
             headers=headers,
         )
     if status in (401, 403):
         return ApplicationError(
             f"The platform's credentials for OpenAI were refused{where}. This is not a problem with your "
-            "API key; the organization's administrators have been told through the audit trail.",
+            "API key; the organization's administrators can see it in the audit trail.",
             status=502,
             error_type="server_error",
             code="upstream_auth_failed",
@@ -303,12 +313,13 @@ def upstream_error_to_api_error(error: Exception) -> ApplicationError:
         return ApplicationError(
             message,
             status=status,
-            error_type=getattr(error, "type", None) or "invalid_request_error",
-            code=getattr(error, "code", None),
-            param=getattr(error, "param", None),
+            error_type=error.type or "invalid_request_error",
+            code=error.code,
+            param=error.param,
         )
+    detail = f"status {status}" if status >= 500 else "an answer the platform could not understand"
     return ApplicationError(
-        f"The OpenAI API failed with status {status}{where}. Please retry shortly.",
+        f"The OpenAI API failed ({detail}){where}. Please retry shortly.",
         status=502,
         error_type="server_error",
         code="upstream_error",

@@ -27,10 +27,12 @@ import functools
 import io
 import logging
 import threading
+import weakref
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
+import httpx
 from django.conf import settings
 from django.core.exceptions import DisallowedHost
 from django.core.handlers.asgi import ASGIRequest
@@ -61,6 +63,7 @@ from tokens.services import (
     client_secret_issue_upstream_failed,
     client_secret_issue_upstream_succeeded,
 )
+from upstream.errors import UpstreamError
 
 logger = logging.getLogger(__name__)
 
@@ -118,20 +121,32 @@ async def _in_db_thread(request_id: str, tenant_id: str, fn: Callable[..., T], *
     )
 
 
-def _start(token: str | None, body: bytes, idempotency_key: str | None, ip: str | None) -> tuple[Any, Any]:
-    """Phase 1 in a pool thread: authenticate, then everything up to the upstream call. For the
-    upstream kind it also picks the OpenAI client (it may decrypt the tenant's own key)."""
+def _start(
+    token: str | None, body: bytes, idempotency_key: str | None, ip: str | None, http: httpx.AsyncClient
+) -> Issued | UpstreamPending:
+    """Phase 1 in a pool thread: authenticate, then everything up to the upstream call."""
     if token == "":  # an Authorization header that is not "Bearer <token>"
         raise AuthenticationFailed(INCORRECT_KEY_MESSAGE)
     principal = api_key_authenticate(token, related=ISSUANCE_RELATED)
-    started = client_secret_issue_start(
-        principal=principal, body=body, idempotency_key=idempotency_key, ip=ip
+    return client_secret_issue_start(
+        principal=principal, body=body, idempotency_key=idempotency_key, ip=ip, upstream_http=http
     )
-    if isinstance(started, Issued):
-        return started, None
-    from upstream.client import upstream_client_for
 
-    return started, upstream_client_for(principal.tenant)
+
+_http_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _upstream_http() -> httpx.AsyncClient:
+    """One pooled AsyncClient per event loop (daphne runs one), so calls to OpenAI reuse their
+    connections instead of opening one (and a TLS handshake) per secret."""
+    loop = asyncio.get_running_loop()
+    client = _http_clients.get(loop)
+    if client is None or client.is_closed:
+        client = httpx.AsyncClient(follow_redirects=False)
+        _http_clients[loop] = client
+    return client
 
 
 def _no_view(request: Any) -> HttpResponse:
@@ -198,7 +213,7 @@ class IssuanceFastPath:
         return issued_response(issued)
 
     async def _issue(self, request: ASGIRequest, body: bytes, request_id: str) -> Issued:
-        started, client = await _in_db_thread(
+        started = await _in_db_thread(
             request_id,
             "-",
             _start,
@@ -206,15 +221,15 @@ class IssuanceFastPath:
             body,
             request.headers.get("Idempotency-Key"),
             client_ip(request.META),
+            _upstream_http(),
         )
         if isinstance(started, Issued):
             return started
-        assert isinstance(started, UpstreamPending)
         tenant_id = str(started.principal.tenant.pk)
-        from upstream.errors import UpstreamError
-
         try:
-            result = await client.create_client_secret(body=started.plan.upstream_body, request_id=request_id)
+            result = await started.client.create_client_secret(
+                body=started.plan.upstream_body, request_id=request_id
+            )
         except UpstreamError as exc:
             error: ApplicationError = await _in_db_thread(
                 request_id, tenant_id, client_secret_issue_upstream_failed, started, exc

@@ -19,8 +19,9 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import httpx
 import orjson
 from django.db import transaction
 from django.utils import timezone
@@ -46,11 +47,11 @@ from tokens.openai_schema import parse_client_secret_request, request_as_dict
 from tokens.policy import IssuancePlan, apply_policy, session_object
 from tokens.ratelimit import rate_limit_check
 from tokens.selectors import IssuanceContext, issuance_context
+from upstream.client import UpstreamClient, upstream_client_for
+from upstream.errors import UpstreamError
+from upstream.types import ClientSecretResult
 from usage.models import Metric, UsageEvent
 from usage.services import Reservation, quota_release, quota_reserve, usage_record
-
-if TYPE_CHECKING:
-    from upstream.types import ClientSecretResult
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +79,7 @@ class UpstreamPending:
     claim: Claim | None
     ip: str | None
     headers: dict[str, str]
+    client: UpstreamClient
 
 
 def _actor(principal: KeyPrincipal, ip: str | None) -> Actor:
@@ -165,7 +167,9 @@ def client_secret_issue_start(
     idempotency_key: str | None = None,
     ip: str | None = None,
     now: datetime | None = None,
+    upstream_http: httpx.AsyncClient | None = None,
 ) -> Issued | UpstreamPending:
+    """`upstream_http`: the long-lived AsyncClient an async caller will await OpenAI with."""
     principal.require_scope("secrets:create")
     context = issuance_context(tenant=principal.tenant, api_key=principal.api_key)
     rate = rate_limit_check(
@@ -175,7 +179,9 @@ def client_secret_issue_start(
     )
     headers = rate.headers() if rate is not None else {}
     try:
-        return _start(principal, context, body, idempotency_key, ip, headers, now or timezone.now())
+        return _start(
+            principal, context, body, idempotency_key, ip, headers, now or timezone.now(), upstream_http
+        )
     except ApplicationError as exc:
         raise _with_headers(exc, headers) from None
 
@@ -188,6 +194,7 @@ def _start(
     ip: str | None,
     headers: dict[str, str],
     now: datetime,
+    upstream_http: httpx.AsyncClient | None,
 ) -> Issued | UpstreamPending:
     key = idempotency_key_from_header(idempotency_key)
     request = request_as_dict(parse_client_secret_request(body))
@@ -213,14 +220,37 @@ def _start(
             raise
         if plan.kind == ClientSecret.Kind.RELAY:
             return _mint_relay(principal, context, plan, claim, ip, headers, now)
+        client = _upstream_client(principal, plan, ip, upstream_http)
         reservation = _reserve(principal, context, plan, ip, now)
     except BaseException:
         if claim is not None:
             idempotency_release(claim=claim)
         raise
     return UpstreamPending(
-        principal=principal, plan=plan, reservation=reservation, claim=claim, ip=ip, headers=headers
+        principal=principal,
+        plan=plan,
+        reservation=reservation,
+        claim=claim,
+        ip=ip,
+        headers=headers,
+        client=client,
     )
+
+
+def _upstream_client(
+    principal: KeyPrincipal, plan: IssuancePlan, ip: str | None, http: httpx.AsyncClient | None
+) -> UpstreamClient:
+    """The OpenAI client for this tenant, before any quota is taken: a tenant set to use its own
+    key without one stored (or a platform without a key) fails here, audited."""
+    try:
+        return upstream_client_for(principal.tenant, http=http)
+    except UpstreamError as exc:
+        error = upstream_error_to_api_error(exc)
+        with transaction.atomic():
+            _audit_failure(
+                principal, ip, reason="upstream", error=error, kind=plan.kind, upstream_code=exc.code
+            )
+        raise error from None
 
 
 def _reserve(
@@ -333,7 +363,7 @@ def client_secret_issue_upstream_succeeded(pending: UpstreamPending, result: Cli
     return Issued(status=200, body=body, headers=pending.headers, client_secret_id=secret.pk)
 
 
-def client_secret_issue_upstream_failed(pending: UpstreamPending, error: Exception) -> ApplicationError:
+def client_secret_issue_upstream_failed(pending: UpstreamPending, error: UpstreamError) -> ApplicationError:
     """OpenAI refused or failed (after the client's own retries): give the quota and the key back,
     audit it, and return the OpenAI-shaped error to answer with."""
     client_secret_issue_abandon(pending)
@@ -345,15 +375,15 @@ def client_secret_issue_upstream_failed(pending: UpstreamPending, error: Excepti
             reason="upstream",
             error=api_error,
             kind=pending.plan.kind,
-            upstream_status=getattr(error, "status", None),
-            upstream_code=getattr(error, "code", None),
-            upstream_request_id=getattr(error, "request_id", None),
+            upstream_status=error.status,
+            upstream_code=error.code,
+            upstream_request_id=error.request_id,
         )
     logger.warning(
         "upstream client secret failed tenant=%s status=%s code=%s",
         pending.principal.tenant.pk,
-        getattr(error, "status", None),
-        getattr(error, "code", None),
+        error.status,
+        error.code,
     )
     return api_error
 
