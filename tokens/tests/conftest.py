@@ -21,6 +21,17 @@ def _closed_breaker():
     breaker_reset()
 
 
+@pytest.fixture
+def make_key_for():
+    """A new key of `tenant` with `scopes`; returns its plaintext."""
+    from conftest import make_key
+
+    def make(tenant, scopes, name="extra key"):
+        return make_key(tenant, name=name, scopes=scopes).plaintext
+
+    return make
+
+
 def issue(client: APIClient, body: Any = None, **headers: str):
     """POST a client-secret request through Django's test client (the DRF view)."""
     data = b"" if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
