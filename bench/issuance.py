@@ -44,7 +44,7 @@ CONCURRENT_TOTAL = int(os.environ.get("BENCH_CONCURRENT_TOTAL", "2000"))
 CLIENTS = 32
 BODY = json.dumps(
     {
-        "expires_after": {"seconds": 600},
+        "expires_after": {"anchor": "created_at", "seconds": 600},
         "session": {"type": "realtime", "model": "gpt-realtime", "instructions": "Hi."},
     }
 ).encode()
