@@ -55,7 +55,7 @@ from usage.services import Reservation, quota_release, quota_reserve, usage_reco
 
 logger = logging.getLogger(__name__)
 
-ENDPOINT = "POST /v1/realtime/client_secrets"
+ENDPOINT_PATH = "/v1/realtime/client_secrets"
 
 
 @dataclass(frozen=True)
@@ -201,7 +201,9 @@ def _start(
     claim: Claim | None = None
     if key is not None:
         found = idempotency_claim(
-            api_key=principal.api_key, key=key, request_hash=request_fingerprint("POST", ENDPOINT, request)
+            api_key=principal.api_key,
+            key=key,
+            request_hash=request_fingerprint("POST", ENDPOINT_PATH, request),
         )
         if isinstance(found, Replay):
             return Issued(

@@ -348,7 +348,7 @@ def test_a_duplicate_while_the_first_is_in_flight_is_409(key_client, api_key):
     claim = idempotency_claim(
         api_key=api_key.api_key,
         key="order-3",
-        request_hash=request_fingerprint("POST", "POST /v1/realtime/client_secrets", BODY),
+        request_hash=request_fingerprint("POST", "/v1/realtime/client_secrets", BODY),
     )
     assert claim is not None
     response = issue(key_client, BODY, HTTP_IDEMPOTENCY_KEY="order-3")
@@ -362,7 +362,7 @@ def test_a_stale_in_flight_claim_is_taken_over(key_client, api_key):
     idempotency_claim(
         api_key=api_key.api_key,
         key="order-4",
-        request_hash=request_fingerprint("POST", "POST /v1/realtime/client_secrets", BODY),
+        request_hash=request_fingerprint("POST", "/v1/realtime/client_secrets", BODY),
     )
     IdempotencyRecord.objects.update(locked_until=timezone.now() - timedelta(seconds=1))
     assert issue(key_client, BODY, HTTP_IDEMPOTENCY_KEY="order-4").status_code == 200

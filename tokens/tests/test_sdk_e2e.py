@@ -93,7 +93,7 @@ def test_each_error_becomes_the_sdks_usual_exception(
     idempotency_claim(
         api_key=api_key.api_key,
         key="busy",
-        request_hash=request_fingerprint("POST", "POST /v1/realtime/client_secrets", {"session": SESSION}),
+        request_hash=request_fingerprint("POST", "/v1/realtime/client_secrets", {"session": SESSION}),
     )
     with pytest.raises(openai.ConflictError) as conflict:
         create(session=SESSION, extra_headers={"Idempotency-Key": "busy"})
