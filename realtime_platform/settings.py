@@ -281,6 +281,12 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "OpenAI-compatible realtime client secrets and the tenant management API.",
     "VERSION": "0.1.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    # 3.1: the OpenAI request schema (pydantic) uses JSON Schema nulls, which 3.0 cannot express.
+    "OAS_VERSION": "3.1.0",
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "realtime_platform.openapi.add_error_responses",
+    ],
 }
 
 # --- Logging ----------------------------------------------------------------------------------
@@ -312,4 +318,23 @@ LOGGING = {
         "django.db.backends": {"level": "WARNING"},
         "daphne": {"level": "WARNING" if LOG_LEVEL == "INFO" else LOG_LEVEL},
     },
+}
+
+# --- Client-secret issuance (tokens/) ---------------------------------------------------------
+# Per-API-key requests per minute on POST /v1/realtime/client_secrets, on top of the tenant's
+# requests_per_minute (plan or override). Unset: a key may use the tenant's whole rate.
+RATE_LIMIT_PER_KEY_PER_MINUTE: int | None = env_int("RTP_RATE_LIMIT_PER_KEY_PER_MINUTE", 0) or None
+# Redis (the rate-limit store) down: answer 503 at once for this long before trying it again.
+RATE_LIMIT_BREAKER_SECONDS = env_int("RTP_RATE_LIMIT_BREAKER_SECONDS", 2)
+# An in-flight Idempotency-Key whose holder died is taken over after this long (longer than the
+# worst upstream call: connect + read timeouts times the retries).
+IDEMPOTENCY_LEASE_SECONDS = env_int("RTP_IDEMPOTENCY_LEASE_SECONDS", 120)
+# Serve POST /v1/realtime/client_secrets from the lean ASGI path in tokens/asgi.py (see README,
+# "Serving the hot path"); false: the ordinary Django/DRF view serves it.
+ISSUANCE_FAST_PATH = env_bool("RTP_ISSUANCE_FAST_PATH", True)
+# Threads (each with its own database connection) doing the fast path's database work.
+ISSUANCE_DB_THREADS = env_int("RTP_ISSUANCE_DB_THREADS", 4)
+CELERY_BEAT_SCHEDULE["purge-idempotency-keys"] = {
+    "task": "tokens.tasks.idempotency_purge",
+    "schedule": 3600.0,
 }
