@@ -117,9 +117,21 @@ DATABASES: dict[str, dict[str, Any]] = {
 }
 if DATABASE_URL:
     DATABASES = {"default": database_from_url(DATABASE_URL)}
-    DATABASES["default"]["CONN_MAX_AGE"] = env_int("DATABASE_CONN_MAX_AGE", 60)
-    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 IS_POSTGRES = str(DATABASES["default"]["ENGINE"]).endswith("postgresql")
+DATABASE_POOL_MAX = env_int("DATABASE_POOL_MAX", 20)
+if IS_POSTGRES and DATABASE_POOL_MAX > 0:
+    # Under ASGI every request runs its sync code in a fresh thread context, so persistent
+    # per-thread connections (CONN_MAX_AGE) would leak one connection per request. A psycopg pool
+    # hands connections back at the end of each request instead (Django's advice for ASGI).
+    DATABASES["default"]["CONN_MAX_AGE"] = 0
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+        "min_size": 1,
+        "max_size": DATABASE_POOL_MAX,
+        "timeout": env_int("DATABASE_POOL_TIMEOUT", 10),
+    }
+elif DATABASE_URL:
+    DATABASES["default"]["CONN_MAX_AGE"] = env_int("DATABASE_CONN_MAX_AGE", 0)
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Redis: cache, rate limits, channel layer, Celery broker ----------------------------------
