@@ -38,6 +38,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 item.add_marker(pytest.mark.skip(reason=reason))
 
 
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup: Any, django_db_blocker: Any) -> None:
+    """The audit tables refuse TRUNCATE/DELETE; let pytest-django flush the test database."""
+    from django.db import connection
+
+    from audit.testing import allow_test_database_flush
+
+    with django_db_blocker.unblock():
+        allow_test_database_flush(connection)
+
+
 @pytest.fixture(autouse=True)
 def _fresh_cache() -> None:
     cache.clear()  # rate-limit windows and caches never leak from one test into the next

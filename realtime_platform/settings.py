@@ -293,3 +293,19 @@ LOGGING = {
         "daphne": {"level": "WARNING" if LOG_LEVEL == "INFO" else LOG_LEVEL},
     },
 }
+
+# --- Audit trail ------------------------------------------------------------------------------
+# Keys that signed older checkpoints (comma-separated), kept only to verify them after a rotation.
+AUDIT_SIGNING_KEYS_PREVIOUS = env_list("RTP_AUDIT_SIGNING_KEYS_PREVIOUS", [])
+# Retention of the platform chain (tenants' chains follow Tenant.audit_retention_days), and the
+# shortest retention a tenant may set.
+AUDIT_PLATFORM_RETENTION_DAYS = env_int("RTP_AUDIT_PLATFORM_RETENTION_DAYS", 365 * 7)
+AUDIT_RETENTION_MIN_DAYS = env_int("RTP_AUDIT_RETENTION_MIN_DAYS", 30)
+CELERY_BEAT_SCHEDULE.update(
+    {
+        # Signed checkpoints bound how much of a chain's tail could be rewritten unnoticed.
+        "audit-checkpoint-heads": {"task": "audit.tasks.audit_checkpoint_heads", "schedule": 600.0},
+        "audit-verify-chains": {"task": "audit.tasks.audit_verify_chains", "schedule": 6 * 3600.0},
+        "audit-purge-expired": {"task": "audit.tasks.audit_purge_expired", "schedule": 24 * 3600.0},
+    }
+)
