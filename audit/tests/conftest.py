@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -13,7 +13,7 @@ from audit.services import audit_record
 
 
 @pytest.fixture
-def tamper(db: Any) -> Iterator[Callable[..., Any]]:
+def tamper(db: Any) -> Callable[..., Any]:
     """Raw SQL on the audit tables with the append-only triggers out of the way, as an attacker
     with database access would have it: inside the test's transaction, so it all rolls back.
 
@@ -30,7 +30,7 @@ def tamper(db: Any) -> Iterator[Callable[..., Any]]:
             cursor.execute(sql, params or [])
             return int(cursor.rowcount)
 
-    yield run
+    return run
 
 
 def record_many(tenant: Any, count: int, *, action: str = "test.event", **extra: Any) -> list[AuditEvent]:

@@ -42,7 +42,9 @@ def problem_of(tenant):
 
 def shift_up(tamper, chain, from_seq, by=1):
     # Two steps, so the unique (chain, seq) constraint holds at every row.
-    tamper("UPDATE audit_auditevent SET seq = seq + 1000000 WHERE chain = %s AND seq >= %s", [chain, from_seq])
+    tamper(
+        "UPDATE audit_auditevent SET seq = seq + 1000000 WHERE chain = %s AND seq >= %s", [chain, from_seq]
+    )
     tamper(
         "UPDATE audit_auditevent SET seq = seq - %s WHERE chain = %s AND seq >= %s",
         [1000000 - by, chain, 1000000 + from_seq],
@@ -105,7 +107,9 @@ def hash_of(tenant, seq):
 def altered_value(event, field):
     value = getattr(event, field)
     if field == "created_at":
-        return connection.ops.adapt_datetimefield_value(value.replace(microsecond=(value.microsecond + 1) % 10**6))
+        return connection.ops.adapt_datetimefield_value(
+            value.replace(microsecond=(value.microsecond + 1) % 10**6)
+        )
     if field == "ip":
         return "192.0.2.77" if value != "192.0.2.77" else "192.0.2.78"
     if field == "details":
@@ -167,7 +171,7 @@ def test_postgres_binary_copy_rows_are_the_hash_encoding_byte_for_byte(tenant):
 def test_altering_any_field_of_a_row_is_caught_at_that_row(tenant, tamper, field):
     record_many(tenant, 10)
     event = AuditEvent.objects.get(chain=chain_for(tenant.pk), seq=6)
-    tamper(f"UPDATE audit_auditevent SET {field} = %s WHERE id = %s", [altered_value(event, field), event.pk])  # noqa: S608
+    tamper(f"UPDATE audit_auditevent SET {field} = %s WHERE id = %s", [altered_value(event, field), event.pk])
     problem = problem_of(tenant)
     assert (problem.seq, problem.kind) == (6, "altered")
 
@@ -262,7 +266,12 @@ def test_rewriting_the_whole_chain_is_caught_by_a_signed_checkpoint(tenant, tamp
         event.hash = compute_hash(row_fields(event))
         tamper(
             "UPDATE audit_auditevent SET details = %s, prev_hash = %s, hash = %s WHERE id = %s",
-            [AuditEvent._meta.get_field("details").get_prep_value(event.details), event.prev_hash, event.hash, event.pk],
+            [
+                AuditEvent._meta.get_field("details").get_prep_value(event.details),
+                event.prev_hash,
+                event.hash,
+                event.pk,
+            ],
         )
         prev = event.hash
     tamper("UPDATE audit_auditchainhead SET hash = %s WHERE chain = %s", [prev, chain])
@@ -315,7 +324,7 @@ def test_randomized_tampering_is_always_caught_at_the_exact_seq(tenant, other_te
                 field = rng.choice(CONTENT_FIELDS)
                 event = AuditEvent.objects.get(chain=chain, seq=seq)
                 tamper(
-                    f"UPDATE audit_auditevent SET {field} = %s WHERE id = %s",  # noqa: S608
+                    f"UPDATE audit_auditevent SET {field} = %s WHERE id = %s",
                     [altered_value(event, field), event.pk],
                 )
             elif kind == "deleted":
@@ -354,7 +363,8 @@ def test_checkpoints_are_signed_linked_and_idempotent(tenant):
     assert len(second.signature) == 64
     assert AuditCheckpoint.objects.filter(chain=chain).count() == 2
     report = audit_verify_chain(chain=chain)
-    assert report.ok and report.checkpoints == 2
+    assert report.ok
+    assert report.checkpoints == 2
 
 
 def test_checkpoints_of_a_rotated_key_still_verify_when_the_old_key_is_kept(tenant, settings):
@@ -363,10 +373,13 @@ def test_checkpoints_of_a_rotated_key_still_verify_when_the_old_key_is_kept(tena
     audit_checkpoint_create(chain=chain_for(tenant.pk))
     settings.AUDIT_SIGNING_KEY = "new-key-9876543210"
     report = audit_verify_tenant(tenant_id=tenant.pk)
-    assert report.ok and report.warnings and "does not have" in report.warnings[0]
+    assert report.ok
+    assert report.warnings
+    assert "does not have" in report.warnings[0]
     settings.AUDIT_SIGNING_KEYS_PREVIOUS = ["old-key-0123456789"]
     report = audit_verify_tenant(tenant_id=tenant.pk)
-    assert report.ok and not report.warnings
+    assert report.ok
+    assert not report.warnings
     settings.AUDIT_SIGNING_KEYS_PREVIOUS = ["some-other-key-000"]
     record_many(tenant, 1)
     audit_checkpoint_create(chain=chain_for(tenant.pk))
