@@ -104,6 +104,7 @@ def test_the_purge_gate_only_lets_expired_checkpointed_rows_go(clock, strict):
         open_gate()
         with pytest.raises(DatabaseError), transaction.atomic():
             AuditEvent.objects.filter(chain=chain, seq=1).delete()
+        transaction.set_rollback(True)  # closes the gate again
     checkpoint = audit_checkpoint_create(chain=chain, kind=AuditCheckpoint.Kind.PURGE, seq=6)
     assert checkpoint is not None
     # Covered, but still inside its retention: refused.
@@ -111,6 +112,7 @@ def test_the_purge_gate_only_lets_expired_checkpointed_rows_go(clock, strict):
         open_gate()
         with pytest.raises(DatabaseError), transaction.atomic():
             AuditEvent.objects.filter(chain=chain, seq=5).delete()
+        transaction.set_rollback(True)  # closes the gate again
     # Gate closed: refused.
     with pytest.raises(DatabaseError), transaction.atomic():
         AuditEvent.objects.filter(chain=chain, seq=1).delete()
