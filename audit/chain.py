@@ -86,9 +86,8 @@ def parse_timestamp(value: str) -> datetime:
 
 def as_aware_datetime(value: Any) -> datetime:
     """A stored timestamp as an aware UTC datetime (SQLite hands back naive UTC, as text or not)."""
-    if not isinstance(value, datetime):
-        value = datetime.fromisoformat(str(value))
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+    moment = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 # --- details ----------------------------------------------------------------------------------

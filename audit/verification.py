@@ -201,6 +201,9 @@ def diagnose(
     `following()` returns the rows after it (a window), fetched only when needed."""
     seq = _seq(row)
     if seq > expected:
+        if any(_seq(other) == expected for other in following()):
+            # Only possible in an export file, where rows carry their seq when moved.
+            return ChainProblem(expected, "reordered", f"row {expected} comes later, after row {seq}")
         gap = f"{expected}" if seq == expected + 1 else f"{expected}..{seq - 1}"
         return ChainProblem(expected, "deleted", f"row(s) {gap} missing")
     if seq < expected:
@@ -252,10 +255,10 @@ def diagnose(
 
 
 def checkpoint_problems(
-    checkpoints: list[AuditCheckpoint],
+    checkpoints: list[AuditCheckpoint], *, linked: bool = True
 ) -> tuple[list[ChainProblem], list[str], list[AuditCheckpoint]]:
-    """Signatures and linkage of a chain's checkpoints (oldest first): (problems, warnings, the
-    checkpoints whose signature is genuine, the only ones the walk trusts)."""
+    """Signatures and (when `linked`: all of a chain's, oldest first) linkage of checkpoints:
+    (problems, warnings, the checkpoints whose signature is genuine, the only ones trusted)."""
     problems: list[ChainProblem] = []
     warnings: list[str] = []
     trusted: list[AuditCheckpoint] = []
@@ -274,21 +277,23 @@ def checkpoint_problems(
             trusted.append(checkpoint)
         elif genuine is None:
             warnings.append(
-                f"checkpoint #{checkpoint.pk} (seq {checkpoint.seq}) was signed with key "
-                f"{checkpoint.key_id}, which this deploy does not have"
+                f"the checkpoint of seq {checkpoint.seq} was signed with key {checkpoint.key_id}, "
+                "which this deploy does not have: not checked"
             )
         elif not genuine:
             problems.append(
                 ChainProblem(
-                    checkpoint.seq, "checkpoint", f"checkpoint #{checkpoint.pk}'s signature is not genuine"
+                    checkpoint.seq,
+                    "checkpoint",
+                    f"the checkpoint of seq {checkpoint.seq}: its signature is not genuine",
                 )
             )
-        if checkpoint.prev_signature != previous:
+        if linked and checkpoint.prev_signature != previous:
             problems.append(
                 ChainProblem(
                     checkpoint.seq,
                     "checkpoint",
-                    f"checkpoint #{checkpoint.pk} does not follow the one before it "
+                    f"the checkpoint of seq {checkpoint.seq} does not follow the one before it "
                     "(a checkpoint was removed or altered)",
                 )
             )
@@ -309,8 +314,11 @@ class _Walk:
     problem: ChainProblem | None = None
 
 
-def walk(chain: str, checkpoints: list[AuditCheckpoint], batches: Iterator[list[bytes]]) -> _Walk:
-    """One pass over `batches` (binary COPY tuples in seq order)."""
+def walk(
+    chain: str, checkpoints: list[AuditCheckpoint], batches: Iterator[list[bytes]], *, partial: bool = False
+) -> _Walk:
+    """One pass over `batches` (binary COPY tuples in seq order). `partial`: the rows are a
+    stretch of the chain (an export of a period), which may start anywhere."""
     purges = sorted(c.seq for c in checkpoints if c.kind == AuditCheckpoint.Kind.PURGE)
     signed: dict[int, list[AuditCheckpoint]] = {}
     for checkpoint in checkpoints:
@@ -333,6 +341,9 @@ def walk(chain: str, checkpoints: list[AuditCheckpoint], batches: Iterator[list[
             # signed boundary hash, which the walk checks when it gets there.
             prev = first_fields[PREV_HASH] or b""
             result.anchor = f"purge checkpoint at seq {purges[-1]} (partly purged)"
+        elif partial:
+            prev = first_fields[PREV_HASH] or b""
+            result.anchor = f"the first row of the stretch (seq {start})"
         else:
             gap = "1" if start == 2 else f"1..{start - 1}"
             result.problem = ChainProblem(
@@ -407,7 +418,7 @@ def _against_checkpoints(
             return ChainProblem(
                 seq,
                 "rewritten",
-                f"row {seq} differs from checkpoint #{checkpoint.pk} signed at "
+                f"row {seq} differs from the checkpoint signed at "
                 f"{canonical_timestamp(checkpoint.created_at)}: the chain was recomputed "
                 f"somewhere in seq {since}..{seq}",
             )
