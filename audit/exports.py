@@ -452,8 +452,18 @@ class AuditReport:
 def _latin1(text: str) -> str:
     """The report uses the PDF core fonts (no font files to ship), which cover Latin-1: other
     characters are transliterated where Unicode allows, else shown as '?'."""
-    text = unicodedata.normalize("NFKD", str(text))
-    return text.encode("latin-1", errors="replace").decode("latin-1")
+    out = []
+    for char in str(text):
+        if ord(char) < 256:
+            out.append(char)
+            continue
+        base = "".join(
+            part
+            for part in unicodedata.normalize("NFKD", char)
+            if ord(part) < 256 and not unicodedata.combining(part)
+        )
+        out.append(base or "?")
+    return "".join(out)
 
 
 def _short(value: Any, limit: int) -> str:

@@ -85,14 +85,17 @@ class AuditFilter:
 
 
 def _parse_moment(name: str, value: str, *, end_of_day: bool) -> datetime:
-    moment = parse_datetime(value)
+    problem = BadRequest(
+        f"{name} must be an ISO 8601 date or date-time, e.g. 2026-11-26 or 2026-11-26T09:30:00Z.", param=name
+    )
+    try:
+        moment = parse_datetime(value)
+        day = parse_date(value) if moment is None else None
+    except ValueError as exc:  # well-formed but impossible, such as month 13
+        raise problem from exc
     if moment is None:
-        day = parse_date(value)
         if day is None:
-            raise BadRequest(
-                f"{name} must be an ISO 8601 date or date-time, e.g. 2026-11-26 or 2026-11-26T09:30:00Z.",
-                param=name,
-            )
+            raise problem
         moment = datetime.combine(day, time.min)
         if end_of_day:
             moment += timedelta(days=1)
