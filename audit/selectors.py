@@ -29,6 +29,7 @@ ACTOR_TYPES = ("user", "api_key", "system")
 PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
 _CURSOR = re.compile(r"^([on])(\d{1,18})$")
+_DATE_ONLY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 # Actions a compliance reader looks for first: refusals, failures, revocations and every change
 # of who may do what.
 NOTABLE_SUFFIXES = (".refused", ".failed", ".login_failed", ".revoked", ".suspended", ".deleted", ".removed")
@@ -89,8 +90,9 @@ def _parse_moment(name: str, value: str, *, end_of_day: bool) -> datetime:
         f"{name} must be an ISO 8601 date or date-time, e.g. 2026-11-26 or 2026-11-26T09:30:00Z.", param=name
     )
     try:
-        moment = parse_datetime(value)
-        day = parse_date(value) if moment is None else None
+        # A date alone first: Python would read it as that day's midnight too.
+        day = parse_date(value) if _DATE_ONLY.match(value) else None
+        moment = parse_datetime(value) if day is None else None
     except ValueError as exc:  # well-formed but impossible, such as month 13
         raise problem from exc
     if moment is None:
