@@ -92,7 +92,7 @@ def unguard_formula(value: str) -> str:
     return value[1:] if value.startswith("'") else value
 
 
-def _checkpoint_dict(checkpoint: AuditCheckpoint) -> dict[str, Any]:
+def checkpoint_as_dict(checkpoint: AuditCheckpoint) -> dict[str, Any]:
     return {
         "chain": checkpoint.chain,
         "seq": checkpoint.seq,
@@ -172,7 +172,7 @@ def audit_export_start(
             .first()
         )
         boundary = AuditCheckpoint.objects.filter(chain=chain, seq=span["first"] - 1, kind="purge").first()
-        checkpoints = [_checkpoint_dict(c) for c in (boundary, latest) if c is not None]
+        checkpoints = [checkpoint_as_dict(c) for c in (boundary, latest) if c is not None]
     manifest = _sign(
         {
             "type": "rtp-audit-export",

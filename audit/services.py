@@ -41,6 +41,7 @@ from realtime_platform.errors import BadRequest
 from realtime_platform.redaction import redact, redact_text
 
 if TYPE_CHECKING:
+    from audit.verification import ChainReport
     from tenants.models import Tenant
 
 logger = logging.getLogger(__name__)
@@ -50,6 +51,7 @@ __all__ = [
     "HASHED_FIELDS",
     "PLATFORM_CHAIN",
     "PurgeResult",
+    "audit_chains_verify",
     "audit_checkpoint_create",
     "audit_checkpoint_heads",
     "audit_purge_expired",
@@ -420,3 +422,33 @@ def audit_retention_set(*, tenant: Tenant, days: int, actor: Actor) -> Tenant:
         details={"retention_days": {"before": before, "after": days}},
     )
     return locked
+
+
+# --- Verification -----------------------------------------------------------------------------
+
+
+def audit_chains_verify() -> list[ChainReport]:
+    """Verify every chain. Each broken one is logged and recorded on the platform chain
+    (`audit.verification_failed`, with the first bad seq and what is wrong), where operators
+    see it, every run until it is dealt with."""
+    from audit.verification import audit_verify_all
+
+    reports = audit_verify_all()
+    for report in reports:
+        if report.problem is None:
+            continue
+        audit_record(
+            tenant=None,
+            actor=Actor.system("audit verifier"),
+            action="audit.verification_failed",
+            target_type="audit.chain",
+            target_id=report.chain,
+            details={
+                "seq": report.problem.seq,
+                "kind": report.problem.kind,
+                "message": report.problem.message,
+            },
+        )
+    broken = sum(1 for report in reports if report.problem is not None)
+    logger.info("audit chains verified chains=%s broken=%s", len(reports), broken)
+    return reports
