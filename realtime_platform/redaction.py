@@ -29,6 +29,8 @@ _PATTERNS: list[tuple[re.Pattern[str], str]] = [
         r"\1" + REDACTED,
     ),
     (re.compile(r"(?i)\bbearer\s+[^\s\"',}]+"), "Bearer " + REDACTED),
+    # credentials inside a URL: scheme://user:password@host
+    (re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^/\s:@]*:)[^@\s/]+@"), r"\1" + REDACTED + "@"),
 ]
 
 SENSITIVE_KEYS = frozenset(
