@@ -130,8 +130,12 @@ def canonical_json(value: Any) -> str:
 # --- fields -----------------------------------------------------------------------------------
 
 
-def _field(payload: bytes | None) -> bytes:
+def field_bytes(payload: bytes | None) -> bytes:
+    """One field as encoded: its length (-1 for null), then its bytes."""
     return _NULL if payload is None else _pack_len(len(payload)) + payload
+
+
+_field = field_bytes
 
 
 def timestamp_payload(value: datetime) -> bytes:

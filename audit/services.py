@@ -26,12 +26,15 @@ from audit.chain import (
     GENESIS_HASH,
     HASHED_FIELDS,
     PLATFORM_CHAIN,
+    VERSION_PREFIX,
     as_aware_datetime,
     canonical_bytes,
     canonical_json,
     canonical_timestamp,
     chain_for,
     compute_hash,
+    field_bytes,
+    field_payloads,
     normalize_details,
     row_fields,
 )
@@ -139,16 +142,7 @@ def _insert(cursor: Any, event: AuditEvent, head_id: int) -> int:
     values = [getattr(event, name) for name in _INSERT_COLUMNS]
     values[_INSERT_COLUMNS.index("created_at")] = ops.adapt_datetimefield_value(event.created_at)
     values[_INSERT_COLUMNS.index("details")] = canonical_json(event.details)
-    created_at = ops.adapt_datetimefield_value(event.created_at)
     columns = ", ".join(_INSERT_COLUMNS)
-    if connection.vendor == "postgresql":
-        placeholders = ", ".join("%s::inet" if name == "ip" else "%s" for name in _INSERT_COLUMNS)
-        cursor.execute(
-            f"WITH ins AS (INSERT INTO {_EVENT} ({columns}) VALUES ({placeholders}) RETURNING id), "  # noqa: S608
-            f"upd AS (UPDATE {_HEAD} SET hash = %s, created_at = %s WHERE id = %s) SELECT id FROM ins",
-            [*values, event.hash, created_at, head_id],
-        )
-        return int(cursor.fetchone()[0])
     placeholders = ", ".join("%s" for _ in _INSERT_COLUMNS)
     cursor.execute(
         f"INSERT INTO {_EVENT} ({columns}) VALUES ({placeholders}) RETURNING id",  # noqa: S608
@@ -157,9 +151,91 @@ def _insert(cursor: Any, event: AuditEvent, head_id: int) -> int:
     event_id = int(cursor.fetchone()[0])
     cursor.execute(
         f"UPDATE {_HEAD} SET hash = %s, created_at = %s WHERE id = %s",  # noqa: S608
-        [event.hash, created_at, head_id],
+        [event.hash, values[_INSERT_COLUMNS.index("created_at")], head_id],
     )
     return event_id
+
+
+def _append_generic(event: AuditEvent, now: datetime) -> None:
+    """Lock and advance the head, hash in Python, insert, record the new head (SQLite)."""
+    with connection.cursor() as cursor:
+        head_id, event.seq, event.prev_hash, last_at = _advance_head(cursor, event.chain, event.tenant_id)
+        event.created_at = max(now, last_at) if last_at is not None else now
+        event.hash = compute_hash(row_fields(event))
+        event.pk = _insert(cursor, event, head_id)
+
+
+# One statement, one round trip: lock the head, take the next seq and a timestamp no earlier than
+# the last one, hash the row (audit.chain's encoding: the bytes Python prepared, with prev_hash,
+# seq and created_at spliced in as PostgreSQL's binary send functions encode them), insert it and
+# move the head. The verifier re-hashes every row in Python, independently.
+_PG_APPEND = f"""
+WITH old AS (
+    SELECT id, seq, hash, created_at FROM {_HEAD} WHERE chain = %(chain)s FOR UPDATE
+), new AS (
+    SELECT id, seq + 1 AS seq, hash AS prev_hash,
+           GREATEST(%(now)s::timestamptz, created_at) AS created_at
+    FROM old
+), hashed AS (
+    SELECT new.*, encode(sha256(
+        %(prefix)s::bytea
+        || int4send(octet_length(prev_hash)) || convert_to(prev_hash, 'UTF8')
+        || int4send(8) || int8send(seq)
+        || %(chain_tenant)s::bytea
+        || int4send(8) || timestamptz_send(created_at)
+        || %(rest)s::bytea
+    ), 'hex') AS hash
+    FROM new
+), moved AS (
+    UPDATE {_HEAD} AS head SET seq = hashed.seq, hash = hashed.hash, created_at = hashed.created_at
+    FROM hashed WHERE head.id = hashed.id
+)
+INSERT INTO {_EVENT} (chain, seq, tenant_id, created_at, actor_type, actor_id, actor_label, action,
+                      target_type, target_id, request_id, ip, details, prev_hash, hash)
+SELECT %(chain)s, seq, %(tenant_id)s, created_at, %(actor_type)s, %(actor_id)s, %(actor_label)s,
+       %(action)s, %(target_type)s, %(target_id)s, %(request_id)s, %(ip)s::inet, %(details)s,
+       prev_hash, hash
+FROM hashed
+RETURNING id, seq, created_at, prev_hash, hash
+"""  # noqa: S608
+
+
+def _append_postgres(event: AuditEvent, now: datetime) -> None:
+    import psycopg
+
+    payloads = field_payloads({**row_fields(event), "prev_hash": "", "seq": 0, "created_at": now})
+    fields = [field_bytes(p) for p in payloads]
+    params = {
+        "chain": event.chain,
+        "now": now,
+        "prefix": VERSION_PREFIX,
+        "chain_tenant": fields[2] + fields[3],
+        "rest": b"".join(fields[5:]),
+        "tenant_id": event.tenant_id,
+        "actor_type": event.actor_type,
+        "actor_id": event.actor_id,
+        "actor_label": event.actor_label,
+        "action": event.action,
+        "target_type": event.target_type,
+        "target_id": event.target_id,
+        "request_id": event.request_id,
+        "ip": event.ip,
+        "details": canonical_json(event.details),
+    }
+    connection.ensure_connection()
+    # Server-side binding: the bytea parameters travel as they are, nothing is re-quoted.
+    with psycopg.Cursor(connection.connection) as cursor:
+        for _ in range(2):
+            row = cursor.execute(_PG_APPEND, params).fetchone()
+            if row is not None:
+                event.pk, event.seq, event.created_at, event.prev_hash, event.hash = row
+                return
+            cursor.execute(
+                f"INSERT INTO {_HEAD} (chain, tenant_id, seq, hash) VALUES (%s, %s, 0, %s) "  # noqa: S608
+                "ON CONFLICT (chain) DO NOTHING",
+                [event.chain, event.tenant_id, GENESIS_HASH],
+            )
+    raise RuntimeError(f"audit chain head {event.chain!r} could not be created")
 
 
 def audit_record(
@@ -177,8 +253,9 @@ def audit_record(
     record commit or roll back together; called outside a transaction, it makes its own).
     Secret-shaped values in `details` and in the text columns are masked first.
 
-    Two statements: one UPDATE advances and locks the chain head, one inserts the row and
-    records the new head hash. The timestamp never goes backwards within a chain."""
+    The chain head row is locked until commit, so appends to one chain queue and it cannot
+    fork; the timestamp never goes backwards within a chain. On PostgreSQL that is a single
+    statement."""
     tenant_id = tenant.pk if tenant is not None else None
     if target is not None:
         target_type = target_type or target._meta.label_lower
@@ -198,13 +275,14 @@ def audit_record(
         details=normalize_details(redact(_json_safe(details or {}))),
     )
     now = _now()
-    # savepoint=False: inside a caller's transaction an error here must fail that transaction
-    # anyway, so the two extra round trips of a savepoint would buy nothing.
-    with transaction.atomic(savepoint=False), connection.cursor() as cursor:
-        head_id, event.seq, event.prev_hash, last_at = _advance_head(cursor, chain, tenant_id)
-        event.created_at = max(now, last_at) if last_at is not None else now
-        event.hash = compute_hash(row_fields(event))
-        event.pk = _insert(cursor, event, head_id)
+    if connection.vendor == "postgresql":
+        # One statement is its own transaction, or part of the caller's.
+        _append_postgres(event, now)
+    else:
+        # savepoint=False: inside a caller's transaction an error here must fail that
+        # transaction anyway, so a savepoint's extra round trips would buy nothing.
+        with transaction.atomic(savepoint=False):
+            _append_generic(event, now)
     event._state.adding = False
     event._state.db = connection.alias
     return event
