@@ -276,15 +276,18 @@ def main() -> int:
         results["load_seconds"] = round(time.perf_counter() - started, 1)
         print(f"loaded {ROWS:,} + {SMALL_ROWS:,} rows in {results['load_seconds']} s", flush=True)
 
-        best = None
-        for _ in range(2):
+        best, best_cpu = float("inf"), float("inf")
+        for _ in range(3):
+            cpu = time.process_time()
             report = audit_verify_chain(chain=chain_for(big.pk))
             assert report.ok, report.summary()
-            best = report.seconds if best is None else min(best, report.seconds)
-        assert best is not None
+            best, best_cpu = min(best, report.seconds), min(best_cpu, time.process_time() - cpu)
         results["verify_rows_per_s"] = round(ROWS / best)
+        results["verify_rows_per_cpu_s"] = round(ROWS / best_cpu)
         print(
-            f"verifier: {ROWS:,} rows in {best:.2f} s = {results['verify_rows_per_s']:,} rows/s", flush=True
+            f"verifier: {ROWS:,} rows in {best:.2f} s = {results['verify_rows_per_s']:,} rows/s "
+            f"({results['verify_rows_per_cpu_s']:,} rows per CPU-second of the verifying process)",
+            flush=True,
         )
 
         small_export = _run_child("export", small.slug)
