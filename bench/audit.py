@@ -87,6 +87,15 @@ def _drop_database(url: str) -> None:
 
 
 def _peak_rss_mb() -> float:
+    """This process's peak resident set. On Linux, VmHWM of its own memory map: getrusage's
+    ru_maxrss would carry over the peak of the process it was forked from (the bench parent)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
