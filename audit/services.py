@@ -205,7 +205,7 @@ def _append_postgres(event: AuditEvent, now: datetime) -> None:
 
     payloads = field_payloads({**row_fields(event), "prev_hash": "", "seq": 0, "created_at": now})
     fields = [field_bytes(p) for p in payloads]
-    params = {
+    params: dict[str, Any] = {
         "chain": event.chain,
         "now": now,
         "prefix": VERSION_PREFIX,
@@ -223,10 +223,28 @@ def _append_postgres(event: AuditEvent, now: datetime) -> None:
         "details": canonical_json(event.details),
     }
     connection.ensure_connection()
-    # Server-side binding: the bytea parameters travel as they are, nothing is re-quoted.
-    with psycopg.Cursor(connection.connection) as cursor:
+    raw = connection.connection
+    if (
+        settings.AUDIT_PREPARED_STATEMENTS
+        and raw.prepare_threshold is None
+        and not connection.settings_dict.get("OPTIONS", {}).get("server_side_binding")
+    ):
+        # Django turns prepared statements off (for transaction-pooling PgBouncer) and binds
+        # parameters client-side, and client-side cursors never prepare: this lets the one
+        # server-binding cursor below, and nothing else, prepare its statement.
+        raw.prepare_threshold = 0
+    # A server-binding cursor (the bytea parameters travel as they are), wrapped the way Django
+    # wraps its own, so errors, execute wrappers and query logging behave as for any query.
+    psycopg_cursor: Any = psycopg.Cursor(raw)
+    wrapped = (
+        connection.make_debug_cursor(psycopg_cursor)
+        if connection.queries_logged
+        else connection.make_cursor(psycopg_cursor)
+    )
+    with wrapped as cursor:
         for _ in range(2):
-            row = cursor.execute(_PG_APPEND, params).fetchone()
+            cursor.execute(_PG_APPEND, params)
+            row = cursor.fetchone()
             if row is not None:
                 event.pk, event.seq, event.created_at, event.prev_hash, event.hash = row
                 return

@@ -301,6 +301,9 @@ AUDIT_SIGNING_KEYS_PREVIOUS = env_list("RTP_AUDIT_SIGNING_KEYS_PREVIOUS", [])
 # shortest retention a tenant may set.
 AUDIT_PLATFORM_RETENTION_DAYS = env_int("RTP_AUDIT_PLATFORM_RETENTION_DAYS", 365 * 7)
 AUDIT_RETENTION_MIN_DAYS = env_int("RTP_AUDIT_RETENTION_MIN_DAYS", 30)
+# Prepare the recorder's statement once per connection (PostgreSQL): about twice the appends a
+# database core can take. Leave off behind a transaction-pooling PgBouncer older than 1.21.
+AUDIT_PREPARED_STATEMENTS = env_bool("RTP_AUDIT_PREPARED_STATEMENTS", False)
 CELERY_BEAT_SCHEDULE.update(
     {
         # Signed checkpoints bound how much of a chain's tail could be rewritten unnoticed.

@@ -197,3 +197,19 @@ def test_verifying_and_checkpointing_while_writers_append(tenant):
     assert not errors
     assert all(report.ok for report in reports), [r.summary() for r in reports]
     assert audit_verify_chain(chain=chain).ok
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db
+def test_the_recorder_statement_can_be_prepared_once_per_connection(tenant, settings):
+    from audit.verification import audit_verify_chain
+
+    settings.AUDIT_PREPARED_STATEMENTS = True
+    for i in range(3):
+        audit_record(tenant=tenant, actor=Actor.system("tests"), action="prepared.event", details={"i": i})
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM pg_prepared_statements WHERE statement LIKE %s", ["%audit_auditchainhead%"]
+        )
+        assert cursor.fetchone()[0] == 1
+    assert audit_verify_chain(chain=f"tenant:{tenant.pk}").ok
