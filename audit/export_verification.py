@@ -50,7 +50,7 @@ class ExportReport:
         span = f"seq {self.first_seq}..{self.last_seq}" if self.rows else "no rows"
         return (
             f"OK export {self.path}: {self.rows:,} rows ({span}) of {manifest.get('chain')}, "
-            f"{'linked' if manifest.get('contiguous') else 'each row'} verified, "
+            f"{'every row and link' if manifest.get('contiguous') else 'every row'} verified, "
             f"manifest and trailer signatures genuine"
         )
 

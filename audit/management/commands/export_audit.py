@@ -77,9 +77,10 @@ class Command(BaseCommand):
                 export, out, progress=lambda n: bar.update(min(n, max(total - bar.n, 0)))
             )
         manifest = export.manifest
+        span = f"seq {manifest['first_seq']}..{manifest['last_seq']}, " if trailer["row_count"] else ""
         self.stderr.write(
-            f"Exported {trailer['row_count']:,} rows (seq {manifest['first_seq']}..{manifest['last_seq']}, "
-            f"filter: {filters.describe()}) of {manifest['chain']}; audit event #{export.event.seq}."
+            f"Exported {trailer['row_count']:,} rows ({span}filter: {filters.describe()}) of "
+            f"{manifest['chain']}; audit event #{export.event.seq}."
         )
 
     def _checkpoints(self, tenant: Any, actor: Actor, out: Any) -> None:
