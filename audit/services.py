@@ -1,7 +1,7 @@
 """Every write to the audit trail: the recorder, signed checkpoints, the retention purge.
 
 Nothing else inserts, and nothing at all updates or deletes audit rows: the database refuses
-UPDATE, DELETE and TRUNCATE on the table (see migration 0002), except DELETE by the purge
+UPDATE, DELETE and TRUNCATE on the table (migration 0003), except DELETE by the purge
 below, which opens a transaction-local gate and may only remove rows that are past their
 tenant's retention and covered by a signed purge checkpoint.
 """

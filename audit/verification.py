@@ -36,7 +36,6 @@ from django.db import DatabaseError, connection, transaction
 
 from audit import signing
 from audit.chain import (
-    DETAILS,
     GENESIS_HASH,
     HASH,
     PREV_HASH,
@@ -525,7 +524,6 @@ def audit_verify_all() -> list[ChainReport]:
 
 
 __all__ = [
-    "DETAILS",
     "ChainProblem",
     "ChainReport",
     "audit_verify_all",
