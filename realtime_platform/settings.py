@@ -350,3 +350,21 @@ CELERY_BEAT_SCHEDULE["purge-idempotency-keys"] = {
     "task": "tokens.tasks.idempotency_purge",
     "schedule": 3600.0,
 }
+# --- Audit trail ------------------------------------------------------------------------------
+# Keys that signed older checkpoints (comma-separated), kept only to verify them after a rotation.
+AUDIT_SIGNING_KEYS_PREVIOUS = env_list("RTP_AUDIT_SIGNING_KEYS_PREVIOUS", [])
+# Retention of the platform chain (tenants' chains follow Tenant.audit_retention_days), and the
+# shortest retention a tenant may set.
+AUDIT_PLATFORM_RETENTION_DAYS = env_int("RTP_AUDIT_PLATFORM_RETENTION_DAYS", 365 * 7)
+AUDIT_RETENTION_MIN_DAYS = env_int("RTP_AUDIT_RETENTION_MIN_DAYS", 30)
+# Prepare the recorder's statement once per connection (PostgreSQL): about twice the appends a
+# database core can take. Leave off behind a transaction-pooling PgBouncer older than 1.21.
+AUDIT_PREPARED_STATEMENTS = env_bool("RTP_AUDIT_PREPARED_STATEMENTS", False)
+CELERY_BEAT_SCHEDULE.update(
+    {
+        # Signed checkpoints bound how much of a chain's tail could be rewritten unnoticed.
+        "audit-checkpoint-heads": {"task": "audit.tasks.audit_checkpoint_heads", "schedule": 600.0},
+        "audit-verify-chains": {"task": "audit.tasks.audit_verify_chains", "schedule": 6 * 3600.0},
+        "audit-purge-expired": {"task": "audit.tasks.audit_purge_expired", "schedule": 24 * 3600.0},
+    }
+)
