@@ -35,7 +35,7 @@ def test_sign_in_and_see_the_overview(console_page, owner, tenant):
     expect(page).to_have_url(re.compile(rf"/console/{tenant.slug}/$"))
     expect(page.get_by_role("heading", name="Overview", level=1)).to_be_visible()
     expect(page.get_by_role("navigation", name="Console sections").get_by_role("link")).to_have_text(
-        ["Overview", "Quotas & policy", "API keys", "Members"]
+        ["Overview", "Quotas & policy", "API keys", "Client secrets", "Members", "Audit trail"]
     )
     expect(page.locator("meter")).to_have_count(5)
     expect(page.get_by_text("0 of 10,000 (0%)")).to_be_visible()
@@ -144,7 +144,16 @@ def test_viewer_cannot_reach_admin_actions(sign_in_as, viewer, tenant):
     expect(page.get_by_role("link", name="Change limits and session policy")).to_have_count(0)
     console_page.screenshot("overview-viewer")
     console_page.assert_accessible()
-    for path in ("quotas/", "keys/", "members/", f"keys/{key.pk}/settings/"):
+    pages = (
+        "quotas/",
+        "keys/",
+        "members/",
+        f"keys/{key.pk}/settings/",
+        "secrets/",
+        "audit/",
+        "audit/integrity/",
+    )
+    for path in pages:
         response = console_page.goto(f"/console/{tenant.slug}/{path}")
         assert response.status == 404
         expect(page.get_by_role("heading", name="Page not found")).to_be_visible()
