@@ -334,6 +334,8 @@ RELAY_HEARTBEAT_SECONDS = 30
 RELAY_SESSION_STALE_SECONDS = env_int("RTP_RELAY_STALE_SECONDS", 120)
 if RELAY_SESSION_STALE_SECONDS < 2 * RELAY_HEARTBEAT_SECONDS:
     raise ImproperlyConfigured("RTP_RELAY_STALE_SECONDS must be at least two relay heartbeats (60)")
+# work_mem of a rollup transaction on PostgreSQL (its GROUP BY sorts up to a batch of events).
+ROLLUP_WORK_MEM = env_str("RTP_ROLLUP_WORK_MEM", "64MB")
 # Quota counter rows (and alert records) of periods that ended longer ago than this are deleted;
 # history lives on in the rollups. The concurrency counter has no period and is never deleted.
 QUOTA_COUNTER_RETENTION_DAYS = env_int("RTP_QUOTA_COUNTER_RETENTION_DAYS", 400)

@@ -29,6 +29,7 @@ from functools import cache
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import F
 from django.utils import timezone
@@ -40,7 +41,7 @@ logger = logging.getLogger(__name__)
 
 HOUR = timedelta(hours=1)
 EPSILON = timedelta(microseconds=1)
-DEFAULT_BATCH = 2000  # markers per transaction: bounds the transaction and the VALUES lists
+DEFAULT_BATCH = 10_000  # tenant-hours per transaction: bounds the transaction; a backlog takes few scans
 TENANT_CHUNK = 500
 
 Progress = Callable[[int], None]
@@ -284,6 +285,11 @@ def _recompute(hour_spans: Sequence[Span], zones: dict[int, str], now: datetime)
     stats = RollupStats()
     if not hour_spans:
         return stats
+    if _pg() and settings.ROLLUP_WORK_MEM:
+        # One locked worker aggregates up to a batch of tenant-hours: let its sort stay in memory
+        # (this transaction only; the server default stays small for everyone else).
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT set_config('work_mem', %s, true)", [settings.ROLLUP_WORK_MEM])
     days = days_of(hour_spans, zones)
     _delete_buckets(UsageRollup.Granularity.HOUR, hour_spans)
     stats.hour_rows = _insert_hours(hour_spans, now)
@@ -354,7 +360,7 @@ def _utc_hour_sql(column: str) -> str:
 # --- Runs -----------------------------------------------------------------------------------------
 
 
-def _rebuild_tenant(tenant_id: int, now: datetime) -> None:
+def _rebuild_tenant(tenant_id: int, marked_at: datetime) -> None:
     """The tenant's time zone changed: drop its rollups back to the purge horizon and mark every
     hour of its ledger pending, so the normal run re-buckets it in the new zone."""
     with transaction.atomic():
@@ -373,18 +379,18 @@ def _rebuild_tenant(tenant_id: int, now: datetime) -> None:
                 f"INSERT INTO {PENDING} (tenant_id, hour_start, touched_at) "
                 f"SELECT DISTINCT tenant_id, {_utc_hour_sql('occurred_at')}, %s {events_sql} "
                 "ON CONFLICT (tenant_id, hour_start) DO NOTHING",
-                [_dt(now), *params],
+                [_dt(marked_at), *params],
             )
         UsageRollupState.objects.filter(tenant_id=tenant_id).update(time_zone=zone)
     logger.info("usage rollups re-bucketed for a new time zone tenant=%s zone=%s", tenant_id, zone)
 
 
-def _sync_time_zones(now: datetime) -> int:
+def _sync_time_zones(marked_at: datetime) -> int:
     changed = list(
         UsageRollupState.objects.exclude(time_zone=F("tenant__time_zone")).values_list("tenant_id", flat=True)
     )
     for tenant_id in changed:
-        _rebuild_tenant(tenant_id, now)
+        _rebuild_tenant(tenant_id, marked_at)
     return len(changed)
 
 
@@ -395,7 +401,7 @@ def usage_rollup_run(
     concurrently; each batch is one transaction."""
     started = timezone.now()
     now = now or started
-    stats = RollupStats(tenants_rebuilt=_sync_time_zones(now))
+    stats = RollupStats(tenants_rebuilt=_sync_time_zones(started))  # its markers are due in this run
     while True:
         with transaction.atomic():
             due = UsageRollupPending.objects.filter(touched_at__lte=started).order_by(

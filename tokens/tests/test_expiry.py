@@ -9,7 +9,7 @@ from django.db import connection
 from django.utils import timezone
 
 from tokens.models import ClientSecret
-from tokens.services import client_secret_expire_sweep
+from tokens.services import _expire_backlog_by_blocks, client_secret_expire_sweep
 
 
 def make_secrets(tenant, n, *, expires_in, status=ClientSecret.Status.ACTIVE, prefix="s"):
@@ -83,6 +83,29 @@ def test_concurrent_sweeps_expire_each_secret_once(tenant):
         thread.join()
     assert sum(counts) == 3000
     assert statuses(tenant)["expired"] == 3000
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db
+def test_a_large_backlog_is_swept_in_block_ranges(tenant, other_tenant):
+    """Most of the table due (after downtime): the sweep goes through physical block ranges of
+    about `batch_size` rows, and still only active secrets past their expiry change."""
+    from django.db import connection
+
+    make_secrets(tenant, 2000, expires_in=-timedelta(minutes=1))
+    make_secrets(tenant, 300, expires_in=timedelta(minutes=5), prefix="f")
+    make_secrets(other_tenant, 200, expires_in=-timedelta(minutes=1), status=ClientSecret.Status.REVOKED)
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE tokens_clientsecret")
+    batches = []
+
+    # the backlog path alone takes all of it, in block ranges of about 200 rows
+    assert _expire_backlog_by_blocks(timezone.now(), 200, batches.append) == 2000
+    assert len(batches) >= 5
+    assert max(batches) <= 400
+    assert client_secret_expire_sweep(batch_size=200) == 0
+    assert statuses(tenant) == {"active": 300, "expired": 2000, "revoked": 0, "used": 0}
+    assert statuses(other_tenant)["revoked"] == 200
 
 
 @pytest.mark.django_db
