@@ -38,6 +38,7 @@ from audit import signing
 from audit.chain import (
     GENESIS_HASH,
     HASH,
+    HASHED_FIELDS,
     PREV_HASH,
     SEQ,
     VERSION_PREFIX,
@@ -66,22 +67,7 @@ COPY (
     ORDER BY seq
 ) TO STDOUT (FORMAT binary)
 """
-_ORM_FIELDS = (
-    "prev_hash",
-    "seq",
-    "chain",
-    "tenant_id",
-    "created_at",
-    "actor_type",
-    "actor_id",
-    "actor_label",
-    "action",
-    "target_type",
-    "target_id",
-    "request_id",
-    "ip",
-    "details",
-)
+_ORM_FIELDS = HASHED_FIELDS  # the ORM fallback reads rows in the encoding's order
 
 
 @dataclass(frozen=True)

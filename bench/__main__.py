@@ -10,6 +10,7 @@ BENCHMARKS = {
     "emulator": "bench.emulator",  # the OpenAI emulator's own REST and WebSocket rates vs bare daphne
     "issuance": "bench.issuance",  # POST /v1/realtime/client_secrets: platform vs direct-to-emulator
     "audit": "bench.audit",  # audit trail: export vs COPY, export RSS, recorder and verifier rates
+    "jobs": "bench.jobs",  # expiry sweep vs one UPDATE, rollup vs one INSERT…SELECT, task memory
 }
 
 
