@@ -40,7 +40,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import cached_property, wraps
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 from django import forms
 from django.contrib.auth.decorators import login_required
@@ -58,6 +58,7 @@ from realtime_platform.http import client_ip
 from tenants.access import access_membership
 from tenants.models import MANAGER_ROLES, Membership, Role, Tenant
 from tenants.selectors import membership_list_for_user, tenant_get
+from usage.rollups import zone_of
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import User
@@ -90,6 +91,7 @@ class NavItem:
 # one NavItem here with the same roles.
 NAV: tuple[NavItem, ...] = (
     NavItem("overview", "Overview", "console:overview", ALL_ROLES),
+    NavItem("dashboard", "Usage", "console:dashboard", ALL_ROLES),
     NavItem("quotas", "Quotas & policy", "console:quotas", MANAGE_ROLES),
     NavItem("keys", "API keys", "console:keys", AUDIT_ROLES),
     NavItem("secrets", "Client secrets", "console:secrets", AUDIT_ROLES),
@@ -122,7 +124,7 @@ class Console:
     @cached_property
     def time_zone(self) -> ZoneInfo:
         """The tenant's zone: console pages show times in it and read typed times in it."""
-        return tenant_zone(self.tenant)
+        return zone_of(self.tenant.time_zone)  # as usage rollups read it: UTC if unknown
 
     @property
     def can_manage(self) -> bool:
@@ -209,15 +211,6 @@ class ConsoleForm(forms.Form):
 P = ParamSpec("P")
 ConsolePage = Callable[Concatenate[HttpRequest, Console, P], HttpResponseBase]  # streamed downloads too
 GuardedPage = Callable[..., HttpResponseBase]
-
-
-def tenant_zone(tenant: Tenant) -> ZoneInfo:
-    """The tenant's IANA time zone, or UTC when it names none this machine knows."""
-    try:
-        return ZoneInfo(tenant.time_zone or "UTC")
-    except (ZoneInfoNotFoundError, ValueError):
-        logger.warning("unknown time zone tenant=%s zone=%r", tenant.pk, tenant.time_zone)
-        return ZoneInfo("UTC")
 
 
 def is_htmx(request: HttpRequest) -> bool:

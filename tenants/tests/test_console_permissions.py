@@ -92,7 +92,16 @@ def state(world: World) -> dict[str, Any]:
         "overrides": list(QuotaOverride.objects.order_by("pk").values()),
         "policies": list(SessionPolicy.objects.order_by("pk").values()),
         "credentials": list(UpstreamCredential.objects.order_by("pk").values_list("pk", "ciphertext")),
-        "tenants": list(world.tenant.__class__.objects.order_by("pk").values_list("pk", "upstream_mode")),
+        "tenants": list(
+            world.tenant.__class__.objects.order_by("pk").values_list(
+                "pk",
+                "upstream_mode",
+                "alert_thresholds",
+                "alert_webhook_url",
+                "alert_emails",
+                "alert_webhook_secret_encrypted",
+            )
+        ),
         "secrets": list(ClientSecret.objects.order_by("pk").values_list("pk", "status", "revoked_at")),
         "audit": AuditEvent.objects.count(),
     }
@@ -138,6 +147,11 @@ PAGES: list[tuple[str, str, set[str], Any]] = [
     ("member-add", "", MANAGE, {"identifier": "newcomer", "role": "viewer"}),
     ("member-role", "target", MANAGE, {"role": "compliance"}),
     ("member-remove", "target", MANAGE, {}),
+    ("dashboard", "", ALL, None),
+    ("dashboard", "?range=24h", ALL, None),
+    ("alerts", "", MANAGE, None),
+    ("alerts-settings", "", MANAGE, {"thresholds": "50, 90", "webhook_url": "", "emails": "ops@example.com"}),
+    ("alerts-rotate", "", MANAGE, {"once": "ONCE"}),
     ("secrets", "", AUDIT, None),
     ("secrets", "?status=active&kind=relay", AUDIT, None),
     ("secret-revoke", "secret", MANAGE, {}),
@@ -267,10 +281,26 @@ def test_post_without_csrf_token_is_refused_and_changes_nothing(world):
 @pytest.mark.django_db
 def test_navigation_shows_each_role_only_what_it_may_open(world):
     expected = {
-        "owner": ["Overview", "Quotas & policy", "API keys", "Client secrets", "Members", "Audit trail"],
-        "admin": ["Overview", "Quotas & policy", "API keys", "Client secrets", "Members", "Audit trail"],
-        "compliance": ["Overview", "API keys", "Client secrets", "Members", "Audit trail"],
-        "viewer": ["Overview"],
+        "owner": [
+            "Overview",
+            "Usage",
+            "Quotas & policy",
+            "API keys",
+            "Client secrets",
+            "Members",
+            "Audit trail",
+        ],
+        "admin": [
+            "Overview",
+            "Usage",
+            "Quotas & policy",
+            "API keys",
+            "Client secrets",
+            "Members",
+            "Audit trail",
+        ],
+        "compliance": ["Overview", "Usage", "API keys", "Client secrets", "Members", "Audit trail"],
+        "viewer": ["Overview", "Usage"],
     }
     for principal, labels in expected.items():
         response = client_for(world, principal).get(reverse("console:overview", args=[world.tenant.slug]))
