@@ -1,0 +1,137 @@
+"""Flow control towards the client socket, whichever ASGI server holds it.
+
+The relay must not buffer without bound in either direction. uvicorn does the right thing on its
+own: its websocket `send` waits while the socket's write buffer is above the high-water mark, and
+it stops reading the socket while its receive queue holds `ws_max_queue` frames.
+
+daphne 4.2.3 does neither: `send` returns at once and twisted buffers whatever the client does not
+read (django/daphne#170), and received frames go into an unbounded queue. For daphne, `DaphneFlow`
+attaches to the connection's twisted transport through twisted's own consumer/producer interface:
+- registered as the transport's streaming producer, it is told when the write buffer passes
+  twisted's high-water mark (64 KiB) and when it has drained, so the relay's sends wait while the
+  client is not reading, as under uvicorn (and the slow-client watchdog can act);
+- it pauses reading the socket while more than `backlog_limit` received frames wait for the
+  relay, and resumes below half of that.
+It finds the transport in the `send` callable daphne gives each application
+(`functools.partial(Server.handle_reply, protocol)`); if a daphne release changes that, it logs a
+warning once and the relay runs without (the watchdog and ping still end stuck sessions).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import Callable
+from typing import Any
+
+logger = logging.getLogger(__name__)
+_warned = False
+
+
+class ClientFlow:
+    """The server applies backpressure itself (uvicorn), or nothing can be done."""
+
+    writable = True
+
+    async def wait_writable(self) -> None:
+        return None
+
+    def received(self) -> None:
+        """Called once per received frame, before the relay handles it."""
+
+    def detach(self) -> None:
+        """The application is done with the connection."""
+
+
+class DaphneFlow(ClientFlow):
+    def __init__(self, transport: Any, queue: asyncio.Queue[Any] | None, backlog_limit: int) -> None:
+        self._transport = transport
+        self._queue = queue
+        self._backlog_limit = backlog_limit
+        self._reading_paused = False
+        self._event = asyncio.Event()
+        self._event.set()
+        self.writable = True
+        self._attached = True
+
+    # twisted IPushProducer: the transport calls these about its write buffer.
+    def pauseProducing(self) -> None:
+        self.writable = False
+        self._event.clear()
+
+    def resumeProducing(self) -> None:
+        self.writable = True
+        self._event.set()
+        if getattr(self._transport, "disconnecting", False):
+            # twisted closes a disconnecting transport once its producer goes away (see
+            # FileDescriptor.loseConnection); we have nothing more to write.
+            self.detach()
+
+    def stopProducing(self) -> None:
+        self.writable = True  # connection lost: let pending sends through (daphne drops them)
+        self._event.set()
+        self._attached = False
+
+    async def wait_writable(self) -> None:
+        await self._event.wait()
+
+    def received(self) -> None:
+        queue = self._queue
+        if queue is None:
+            return
+        backlog = queue.qsize()
+        if not self._reading_paused and backlog >= self._backlog_limit:
+            self._reading_paused = True
+            self._transport.pauseProducing()
+        elif self._reading_paused and backlog <= self._backlog_limit // 2:
+            self._reading_paused = False
+            self._transport.resumeProducing()
+
+    def detach(self) -> None:
+        if not self._attached:
+            return
+        self._attached = False
+        self.writable = True
+        self._event.set()
+        if self._reading_paused:
+            self._reading_paused = False
+            self._transport.resumeProducing()
+        if getattr(self._transport, "producer", None) is self:
+            self._transport.unregisterProducer()
+
+
+def _daphne_protocol(send: Callable[..., Any]) -> Any:
+    if not isinstance(send, functools.partial) or not send.args:
+        return None
+    owner = getattr(send.func, "__self__", None)
+    if getattr(send.func, "__name__", "") != "handle_reply" or not type(owner).__module__.startswith(
+        "daphne."
+    ):
+        return None
+    return send.args[0]
+
+
+def flow_for(send: Callable[..., Any], receive: Callable[..., Any], *, backlog_limit: int) -> ClientFlow:
+    """The flow control for this connection: DaphneFlow under daphne, the null one otherwise."""
+    global _warned
+    protocol = _daphne_protocol(send)
+    if protocol is None:
+        return ClientFlow()
+    transport = getattr(protocol, "transport", None)
+    queue = getattr(receive, "__self__", None)
+    if (
+        transport is None
+        or not hasattr(transport, "registerProducer")
+        or not isinstance(queue, asyncio.Queue)
+    ):
+        if not _warned:
+            _warned = True
+            logger.warning("daphne flow control unavailable: relay sends to slow clients will not wait")
+        return ClientFlow()
+    flow = DaphneFlow(transport, queue, backlog_limit)
+    if getattr(transport, "producer", None) is not None:
+        # daphne's HTTP channel registered itself before the upgrade and is done with the socket.
+        transport.unregisterProducer()
+    transport.registerProducer(flow, True)
+    return flow
