@@ -334,7 +334,14 @@ class RelayConsumer(AsyncWebsocketConsumer):
         assert self.session is not None
         assert self.grant is not None
         while True:
-            message = await self.channel_layer.receive(self.channel_name)
+            try:
+                message = await self.channel_layer.receive(self.channel_name)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a Redis hiccup must not end the session: the heartbeat covers the gap
+                logger.warning("kill-switch receive failed; retrying", exc_info=True)
+                await asyncio.sleep(1)
+                continue
             if message.get("type") != TERMINATE or message.get("tenant_id") not in (
                 None,
                 self.grant.tenant_id,

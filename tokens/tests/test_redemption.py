@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
@@ -84,7 +85,7 @@ def test_unknown_malformed_and_api_keys_are_not_relay_tokens(tenant, api_key):
     for raw in (unknown, "rtp_rt_short", api_key.plaintext):
         assert refusal(raw).code == "invalid_api_key"
     # an upstream-kind row with the same fingerprint is not a relay token either
-    token, secret = make_relay_token(tenant, api_key.api_key, kind=ClientSecret.Kind.UPSTREAM)
+    token, _ = make_relay_token(tenant, api_key.api_key, kind=ClientSecret.Kind.UPSTREAM)
     assert refusal(token).code == "invalid_api_key"
 
 
@@ -98,10 +99,8 @@ def test_concurrent_redemptions_open_exactly_one_session(tenant, api_key, monkey
     start = threading.Barrier(25)
 
     def attempt(_: int) -> str:
-        try:
+        with contextlib.suppress(threading.BrokenBarrierError):
             start.wait(timeout=10)
-        except threading.BrokenBarrierError:
-            pass
         try:
             relay_session_open(credential=token, model="gpt-realtime")
             return "opened"
