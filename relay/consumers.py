@@ -215,7 +215,7 @@ class DatabaseHooks:
         )
 
 
-class RelayConsumer(AsyncWebsocketConsumer):
+class RelayConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels has no type hints
     """Channels' own dispatch loop is replaced by a plain one: Channels 4.3 hops to a worker thread
     for `close_old_connections()` before every message and starts a new task per message, which
     on a path carrying 50 audio frames a second per session costs more than relaying them. This

@@ -213,6 +213,7 @@ def _open(
                 code="model_not_allowed",
                 param="model",
             )
+        policy_seconds = policy.max_session_seconds if policy is not None else None
         limits = tenant_limits(tenant=tenant)
         _refuse_if_used_up(tenant, api_key, limits)
         reservation = quota_reserve(
@@ -222,9 +223,7 @@ def _open(
             config = dict(secret.session_config or {})
             config.setdefault("type", "realtime")
             session_config: dict[str, Any] | None = config
-            max_seconds = _shortest(
-                secret.max_session_seconds, policy and policy.max_session_seconds, limits.max_session_seconds
-            )
+            max_seconds = _shortest(secret.max_session_seconds, policy_seconds, limits.max_session_seconds)
             ceiling = (
                 secret.cost_ceiling_usd
                 if secret.cost_ceiling_usd is not None
@@ -232,7 +231,7 @@ def _open(
             )
         else:
             session_config = policy_session_config(policy)
-            max_seconds = _shortest(policy and policy.max_session_seconds, limits.max_session_seconds)
+            max_seconds = _shortest(policy_seconds, limits.max_session_seconds)
             ceiling = policy.session_cost_ceiling_usd if policy else None
         session = RealtimeSession.objects.create(
             tenant=tenant,
