@@ -296,7 +296,9 @@ LOGGING = {
 
 # --- Relay (/v1/realtime) -----------------------------------------------------------------------
 # README "Relay" explains each; relay/core.py RelayLimits holds the same defaults.
-RELAY_MAX_EVENT_BYTES = env_int("RTP_RELAY_MAX_EVENT_BYTES", 1024 * 1024)  # bigger: error event, not forwarded
+RELAY_MAX_EVENT_BYTES = env_int(
+    "RTP_RELAY_MAX_EVENT_BYTES", 1024 * 1024
+)  # bigger: error event, not forwarded
 RELAY_MAX_FRAME_BYTES = env_int("RTP_RELAY_MAX_FRAME_BYTES", 2 * 1024 * 1024)  # bigger: error, close 1009
 RELAY_SLOW_CLIENT_SECONDS = float(env_str("RTP_RELAY_SLOW_CLIENT_SECONDS", "5"))  # not reading: close 1013
 RELAY_HEARTBEAT_SECONDS = float(env_str("RTP_RELAY_HEARTBEAT_SECONDS", "10"))  # last_seen_at, quota checks
@@ -306,3 +308,6 @@ RELAY_INBOUND_QUEUE = env_int("RTP_RELAY_INBOUND_QUEUE", 32)  # received frames 
 RELAY_PING_INTERVAL = float(env_str("RTP_RELAY_PING_INTERVAL", "10"))
 RELAY_PING_TIMEOUT = float(env_str("RTP_RELAY_PING_TIMEOUT", "15"))
 RELAY_SERVER_MAX_MESSAGE_BYTES = 2 * RELAY_MAX_FRAME_BYTES
+ASGI_SERVER = env_str("RTP_ASGI_SERVER", "daphne")  # `manage.py serve`: daphne or uvicorn
+if ASGI_SERVER not in {"daphne", "uvicorn"}:
+    raise ImproperlyConfigured("RTP_ASGI_SERVER must be 'daphne' or 'uvicorn'")
