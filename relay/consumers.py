@@ -353,11 +353,20 @@ class RelayConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels h
             return
 
     def _abandon_later(self) -> None:
-        """The session has ended and sent its close; if the client never answers (it stopped
-        reading), stop waiting for it rather than hold this task until TCP gives up."""
+        """The session has ended and sent its close. A client that never answers it (it stopped
+        reading) gets its connection dropped, rather than held until TCP gives up."""
         asyncio.get_running_loop().call_later(ABANDON_AFTER_SECONDS, self._abandon)
 
     def _abandon(self) -> None:
+        main = self._main
+        if main is None or main.done():
+            return
+        if self._flow.abort():  # the server reports the disconnect and the loop ends by itself
+            asyncio.get_running_loop().call_later(ABANDON_AFTER_SECONDS, self._stop_waiting)
+        else:
+            self._stop_waiting()
+
+    def _stop_waiting(self) -> None:
         main = self._main
         if main is not None and not main.done():
             self._abandoned = True

@@ -653,7 +653,13 @@ class RelaySession:
     async def client_closed(self, code: int | None) -> None:
         """The client's socket is gone (a close frame, or the server lost it: 1006)."""
         self._client_open = False
-        reason = EndReason.CLIENT_CLOSED if code in (1000, 1001, 1005) else EndReason.CLIENT_GONE
+        # 1000/1001 come from a close frame; servers report a lost connection as 1006 (daphne) or
+        # 1005 (uvicorn, which also uses it for a close frame without a code).
+        # uvicorn reports its own shutdown as 1012, having sent that close to the client itself.
+        if code == CLOSE_SERVER_RESTART:
+            reason = EndReason.SERVER_SHUTDOWN
+        else:
+            reason = EndReason.CLIENT_CLOSED if code in (1000, 1001) else EndReason.CLIENT_GONE
         self._end(Cutoff(reason, code or 1006, notify_client=False))
         await self.finished.wait()
 

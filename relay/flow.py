@@ -15,6 +15,11 @@ attaches to the connection's twisted transport through twisted's own consumer/pr
 It finds the transport in the `send` callable daphne gives each application
 (`functools.partial(Server.handle_reply, protocol)`); if a daphne release changes that, it logs a
 warning once and the relay runs without (the watchdog and ping still end stuck sessions).
+
+Both adapters can also `abort()` the connection: a client that stopped reading never takes the
+close frame out of a full buffer, so after the close has had its chance the relay drops the TCP
+connection instead of leaving it (and its buffer) to TCP's own timeouts. ASGI has no message for
+that; `abort()` reaches the server's transport the same way.
 """
 
 from __future__ import annotations
@@ -42,6 +47,25 @@ class ClientFlow:
 
     def detach(self) -> None:
         """The application is done with the connection."""
+
+    def abort(self) -> bool:
+        """Drop the connection now (no closing handshake). False when that is not possible here."""
+        return False
+
+
+class UvicornFlow(ClientFlow):
+    """uvicorn already makes `send` wait and pauses reading; this only adds `abort()`."""
+
+    def __init__(self, protocol: Any) -> None:
+        self._protocol = protocol
+
+    def abort(self) -> bool:
+        transport = getattr(self._protocol, "transport", None)
+        if transport is None or not hasattr(transport, "abort"):
+            return False
+        if not transport.is_closing() or transport.get_write_buffer_size():
+            transport.abort()
+        return True
 
 
 class DaphneFlow(ClientFlow):
@@ -100,6 +124,13 @@ class DaphneFlow(ClientFlow):
         if getattr(self._transport, "producer", None) is self:
             self._transport.unregisterProducer()
 
+    def abort(self) -> bool:
+        self.detach()
+        if hasattr(self._transport, "abortConnection"):
+            self._transport.abortConnection()
+            return True
+        return False
+
 
 def _daphne_protocol(send: Callable[..., Any]) -> Any:
     if not isinstance(send, functools.partial) or not send.args:
@@ -112,9 +143,18 @@ def _daphne_protocol(send: Callable[..., Any]) -> Any:
     return send.args[0]
 
 
+def _uvicorn_protocol(send: Callable[..., Any]) -> Any:
+    owner = getattr(send, "__self__", None)
+    return owner if type(owner).__module__.startswith("uvicorn.protocols.websockets") else None
+
+
 def flow_for(send: Callable[..., Any], receive: Callable[..., Any], *, backlog_limit: int) -> ClientFlow:
-    """The flow control for this connection: DaphneFlow under daphne, the null one otherwise."""
+    """The flow control for this connection: DaphneFlow under daphne, UvicornFlow under uvicorn,
+    the null one otherwise (tests, other servers)."""
     global _warned
+    uvicorn_protocol = _uvicorn_protocol(send)
+    if uvicorn_protocol is not None:
+        return UvicornFlow(uvicorn_protocol)
     protocol = _daphne_protocol(send)
     if protocol is None:
         return ClientFlow()
