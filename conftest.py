@@ -21,6 +21,9 @@ from tenants.models import ALL_SCOPES, Role, Scope
 from tenants.services import IssuedApiKey, api_key_create
 from tenants.tests.factories import MembershipFactory, TenantFactory, UserFactory
 
+# `emulator` (a live OpenAI emulator) and `live_server_asgi` (the whole platform on daphne).
+pytest_plugins = ["upstream.testing"]
+
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     missing = {

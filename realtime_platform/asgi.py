@@ -19,3 +19,11 @@ application = ProtocolTypeRouter(
         "websocket": URLRouter(websocket_urlpatterns),
     }
 )
+
+# Without OPENAI_API_KEY the built-in OpenAI emulator answers under UPSTREAM_EMULATOR_PREFIX, in
+# this same process (HTTP and WebSocket); the mount checks settings.UPSTREAM_EMULATOR per request.
+from django.conf import settings  # noqa: E402
+
+from upstream.emulator import EmulatorMount  # noqa: E402
+
+application = EmulatorMount(application, prefix=settings.UPSTREAM_EMULATOR_PREFIX)

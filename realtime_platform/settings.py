@@ -8,6 +8,7 @@ Setting DATABASE_URL, REDIS_URL or OPENAI_API_KEY switches to PostgreSQL, Redis 
 
 from __future__ import annotations
 
+import hashlib
 import sys
 from pathlib import Path
 from typing import Any
@@ -185,6 +186,13 @@ OPENAI_BASE_URL = env_str(
 UPSTREAM_CONNECT_TIMEOUT = float(env_str("UPSTREAM_CONNECT_TIMEOUT", "5"))
 UPSTREAM_READ_TIMEOUT = float(env_str("UPSTREAM_READ_TIMEOUT", "20"))
 UPSTREAM_MAX_RETRIES = env_int("UPSTREAM_MAX_RETRIES", 2)
+# A retry-after longer than this (seconds) is handed back to the caller instead of waited out.
+UPSTREAM_RETRY_MAX_WAIT = float(env_str("UPSTREAM_RETRY_MAX_WAIT", "10"))
+# The key the built-in emulator accepts and the platform sends it when OPENAI_API_KEY is unset.
+# Derived from SECRET_KEY, so every process of one deployment agrees on it without configuration.
+UPSTREAM_EMULATOR_API_KEY = env_secret("RTP_EMULATOR_API_KEY", "") or (
+    "sk-emulator-" + hashlib.sha256(f"upstream-emulator:{SECRET_KEY}".encode()).hexdigest()[:40]
+)
 
 # --- Secrets at rest --------------------------------------------------------------------------
 # Fernet keys (comma-separated, newest first) that encrypt tenants' own OpenAI keys. Unset: one

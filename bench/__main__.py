@@ -1,0 +1,28 @@
+"""Run the named benchmark modules (default: all), each in its own process so each can pick its
+own database and settings: `python -m bench` or `python -m bench emulator`."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+BENCHMARKS = {
+    "emulator": "bench.emulator",  # the OpenAI emulator's own REST and WebSocket rates vs bare daphne
+}
+
+
+def main(argv: list[str]) -> int:
+    names = argv or list(BENCHMARKS)
+    unknown = [name for name in names if name not in BENCHMARKS]
+    if unknown:
+        print(f"unknown benchmark(s): {', '.join(unknown)}; known: {', '.join(BENCHMARKS)}", file=sys.stderr)
+        return 2
+    failed = 0
+    for name in names:
+        print(f"== bench {name}", flush=True)
+        failed += subprocess.call([sys.executable, "-m", BENCHMARKS[name]]) != 0
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
