@@ -105,7 +105,8 @@ class ClientSocket:
         await self._send({"type": "websocket.send", "text": frame})
 
     async def close(self, code: int, reason: str) -> None:
-        await self._send({"type": "websocket.close", "code": code, "reason": reason[:120]})
+        if not self._flow.close(code, reason):
+            await self._send({"type": "websocket.close", "code": code, "reason": reason[:120]})
 
 
 class DatabaseHooks:

@@ -16,6 +16,9 @@ It finds the transport in the `send` callable daphne gives each application
 (`functools.partial(Server.handle_reply, protocol)`); if a daphne release changes that, it logs a
 warning once and the relay runs without (the watchdog and ping still end stuck sessions).
 
+daphne (autobahn) also refuses the protocol close codes (1008, 1009, 1011-1013) from an
+application's ASGI close; `DaphneFlow.close` sends those frames itself.
+
 Both adapters can also `abort()` the connection: a client that stopped reading never takes the
 close frame out of a full buffer, so after the close has had its chance the relay drops the TCP
 connection instead of leaving it (and its buffer) to TCP's own timeouts. ASGI has no message for
@@ -27,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -52,6 +56,10 @@ class ClientFlow:
         """Drop the connection now (no closing handshake). False when that is not possible here."""
         return False
 
+    def close(self, code: int, reason: str) -> bool:
+        """Send the close frame here, when the server's ASGI close cannot (True if it did)."""
+        return False
+
 
 class UvicornFlow(ClientFlow):
     """uvicorn already makes `send` wait and pauses reading; this only adds `abort()`."""
@@ -69,7 +77,10 @@ class UvicornFlow(ClientFlow):
 
 
 class DaphneFlow(ClientFlow):
-    def __init__(self, transport: Any, queue: asyncio.Queue[Any] | None, backlog_limit: int) -> None:
+    def __init__(
+        self, protocol: Any, transport: Any, queue: asyncio.Queue[Any] | None, backlog_limit: int
+    ) -> None:
+        self._protocol = protocol
         self._transport = transport
         self._queue = queue
         self._backlog_limit = backlog_limit
@@ -124,6 +135,16 @@ class DaphneFlow(ClientFlow):
         if getattr(self._transport, "producer", None) is self:
             self._transport.unregisterProducer()
 
+    def close(self, code: int, reason: str) -> bool:
+        """autobahn's `sendClose` (what daphne's ASGI close calls) accepts only 1000 and 3000-4999,
+        for applications; the protocol codes a server may send (1008, 1009, 1011, 1012, 1013) go
+        through `sendCloseFrame`, the method `sendClose` itself ends in, with the same state
+        handling and closing-handshake timeout."""
+        if code == 1000 or 3000 <= code <= 4999 or not hasattr(self._protocol, "sendCloseFrame"):
+            return False
+        self._protocol.sendCloseFrame(code=code, reasonUtf8=reason.encode()[:123], isReply=False)
+        return True
+
     def abort(self) -> bool:
         self.detach()
         if hasattr(self._transport, "abortConnection"):
@@ -133,12 +154,11 @@ class DaphneFlow(ClientFlow):
 
 
 def _daphne_protocol(send: Callable[..., Any]) -> Any:
-    if not isinstance(send, functools.partial) or not send.args:
+    daphne_server = sys.modules.get("daphne.server")  # imported by whoever runs daphne; never by us
+    if daphne_server is None or not isinstance(send, functools.partial) or not send.args:
         return None
     owner = getattr(send.func, "__self__", None)
-    if getattr(send.func, "__name__", "") != "handle_reply" or not type(owner).__module__.startswith(
-        "daphne."
-    ):
+    if getattr(send.func, "__name__", "") != "handle_reply" or not isinstance(owner, daphne_server.Server):
         return None
     return send.args[0]
 
@@ -169,7 +189,7 @@ def flow_for(send: Callable[..., Any], receive: Callable[..., Any], *, backlog_l
             _warned = True
             logger.warning("daphne flow control unavailable: relay sends to slow clients will not wait")
         return ClientFlow()
-    flow = DaphneFlow(transport, queue, backlog_limit)
+    flow = DaphneFlow(protocol, transport, queue, backlog_limit)
     if getattr(transport, "producer", None) is not None:
         # daphne's HTTP channel registered itself before the upgrade and is done with the socket.
         transport.unregisterProducer()
