@@ -15,4 +15,4 @@ def upstream_connector_for(tenant: Tenant) -> UpstreamConnector:
     """The platform's key, or the tenant's own (decrypted now): call it from sync code."""
     from upstream.client import upstream_client_for
 
-    return upstream_client_for(tenant)  # type: ignore[no-any-return]
+    return upstream_client_for(tenant)

@@ -10,26 +10,7 @@ import json
 from typing import Any
 
 from relay.core import Cutoff, SessionStats
-
-
-class FakeUpstreamClosed(Exception):
-    """Shaped like upstream.client.UpstreamClosed (CONTRACTS §1): code and reason."""
-
-    def __init__(self, code: int | None, reason: str = "") -> None:
-        super().__init__(f"closed {code}")
-        self.code = code
-        self.reason = reason
-
-
-class FakeUpstreamError(Exception):
-    """Shaped like upstream.errors.UpstreamError."""
-
-    def __init__(self, message: str, *, status: int | None, retryable: bool = True) -> None:
-        super().__init__(message)
-        self.message = message
-        self.status = status
-        self.retryable = retryable
-        self.code = None
+from upstream.errors import UpstreamClosed
 
 
 def default_session(model: str = "gpt-realtime") -> dict[str, Any]:
@@ -154,7 +135,7 @@ class FakeUpstream:
 
     def drop(self, code: int = 1006) -> None:
         """The connection ends: 1006 (default) when it breaks, 1000 for a normal close by upstream."""
-        self._out.put_nowait(FakeUpstreamClosed(code, "connection lost"))
+        self._out.put_nowait(UpstreamClosed(code, "connection lost"))
 
     # --- UpstreamSocket ----------------------------------------------------------------------
 
@@ -195,7 +176,7 @@ class FakeUpstream:
     async def close(self, code: int = 1000, reason: str = "") -> None:
         if self.closed_with is None:
             self.closed_with = code
-            self._out.put_nowait(FakeUpstreamClosed(code, reason))
+            self._out.put_nowait(UpstreamClosed(code, reason))
 
     def client_events(self, kind: str) -> list[dict[str, Any]]:
         return [e for e in map(json.loads, self.received) if e.get("type") == kind]

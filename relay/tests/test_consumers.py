@@ -26,9 +26,9 @@ from relay.core import (
 from relay.models import RealtimeSession
 from relay.services import relay_terminate_sessions
 from relay.tests.conftest import client, closing, db, events_until, handshake, make_relay_token, next_event
-from relay.tests.fakes import FakeUpstreamError
 from tenants.models import Plan, Scope, SessionPolicy, Tenant
 from tenants.services import api_key_revoke, quota_override_update
+from upstream.errors import UpstreamError
 from usage.models import Metric, UsageEvent
 from usage.pricing import TokenUsage
 from usage.services import quota_used, usage_record
@@ -517,7 +517,7 @@ async def test_upstream_drop_mid_stream_ends_cleanly_and_keeps_usage(tenant, con
 
 
 async def test_upstream_refusing_the_connection(tenant, connect_key, fake_openai):
-    fake_openai.error = FakeUpstreamError("server busy", status=503)
+    fake_openai.error = UpstreamError("server busy", status=503)
     ws = client(connect_key.plaintext)
     assert (await handshake(ws))["type"] == "websocket.accept"
     events, code = await closing(ws)

@@ -27,7 +27,8 @@ from relay.core import (
     termination_cutoff,
 )
 from relay.policy import SessionRules
-from relay.tests.fakes import FakeConnector, FakeUpstream, FakeUpstreamError, ListClient, RecordingHooks
+from relay.tests.fakes import FakeConnector, FakeUpstream, ListClient, RecordingHooks
+from upstream.errors import UpstreamError
 
 FAST = RelayLimits(
     max_event_bytes=4096,
@@ -409,7 +410,7 @@ async def test_upstream_closing_normally_closes_the_client_normally():
 
 
 async def test_upstream_refusing_the_connection_gets_an_error_and_1011():
-    connector = FakeConnector(error=FakeUpstreamError("Incorrect API key provided: sk-abc", status=401))
+    connector = FakeConnector(error=UpstreamError("Incorrect API key provided: sk-abc", status=401))
     rig = await start(connector=connector)
     await finish(rig)
     error = rig.client.events("error")[-1]["error"]
