@@ -8,6 +8,7 @@ import sys
 
 BENCHMARKS = {
     "emulator": "bench.emulator",  # the OpenAI emulator's own REST and WebSocket rates vs bare daphne
+    "relay": "bench.relay",  # latency the relay adds (daphne and uvicorn) vs a direct emulator session
 }
 
 

@@ -1,0 +1,338 @@
+"""What the relay adds to a realtime session, on this machine, against the built-in OpenAI emulator.
+
+Three processes share the machine, as the issue asks: the emulator (`manage.py run_emulator`), the
+platform (`manage.py serve --server daphne|uvicorn`, the same consumer either way) and this load
+generator. For each session count N, the same load runs twice or more:
+
+- direct: N sessions straight to the emulator (the baseline, measured in the same run);
+- relay/<server>: N sessions through the platform's /v1/realtime to the same emulator.
+
+Each session streams real-time 24 kHz PCM16 audio in 20 ms `input_audio_buffer.append` events (50
+a second; server VAD off, so upstream just buffers them) and, with every 5th chunk, a probe event
+(`conversation.item.retrieve` of an unknown item) that upstream answers at once with an `error`
+carrying the probe's event id. The probe's round trip is the latency measured: two relay hops
+(client → upstream, upstream → client) when relayed. "Added" is relay minus direct, at p50 and p99.
+A run keeps real time when 99% of chunks leave within 20 ms of their schedule and every probe is
+answered.
+
+Also measured: the relay process's CPU per relayed event, and its resident memory per idle session.
+
+Run: `python -m bench relay` (defaults) or
+`python -m bench.relay --sessions 50,100,150,200 --seconds 8 --servers daphne,uvicorn`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+CHUNK = json.dumps({"type": "input_audio_buffer.append", "audio": base64.b64encode(bytes(960)).decode()})
+SESSION_UPDATE = json.dumps(
+    {"type": "session.update", "session": {"type": "realtime", "audio": {"input": {"turn_detection": None}}}}
+)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def django_env(var_dir: str, emulator_port: int | None = None) -> dict[str, str]:
+    env = {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        "RTP_READ_DOTENV": "false",
+        "DJANGO_SECRET_KEY": "bench-only-secret-key-0123456789-0123456789-0123456789",
+        "DJANGO_DEBUG": "false",
+        "DJANGO_SECURE_SSL_REDIRECT": "false",
+        "DJANGO_LOG_LEVEL": "WARNING",
+        "RTP_VAR_DIR": var_dir,
+        "OPENAI_API_KEY": "",
+    }
+    env.pop("DATABASE_URL", None)  # a private SQLite file: the benchmark never touches your data
+    env.pop("REDIS_URL", None)
+    if emulator_port is not None:
+        env["OPENAI_BASE_URL"] = f"http://127.0.0.1:{emulator_port}/v1"
+    return env
+
+
+SETUP = """
+from audit.actors import Actor
+from tenants.models import Plan
+from tenants.services import api_key_create, tenant_create
+from django.conf import settings
+tenant = tenant_create(slug="bench", actor=Actor.system("bench"))
+Plan.objects.filter(pk=tenant.plan_id).update(concurrent_sessions=100000, tokens_per_month=None,
+    cost_usd_per_month=None, audio_minutes_per_month=None, max_session_seconds=None)
+key = api_key_create(tenant=tenant, name="bench", scopes=["realtime:connect"], actor=Actor.system("bench"))
+print(key.plaintext)
+print(settings.UPSTREAM_EMULATOR_API_KEY)
+"""
+
+
+def setup(var_dir: str) -> tuple[str, str]:
+    """A fresh database with one tenant and key; returns (relay key, emulator key)."""
+    env = django_env(var_dir)
+    subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True)
+    out = subprocess.run(
+        [sys.executable, "manage.py", "shell", "-c", SETUP], cwd=ROOT, env=env, check=True, capture_output=True, text=True
+    ).stdout.split()
+    return out[-2], out[-1]
+
+
+@dataclass
+class Process:
+    popen: subprocess.Popen[str]
+    port: int
+
+    def cpu_seconds(self) -> float:
+        fields = Path(f"/proc/{self.popen.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def rss_kib(self) -> int:
+        for line in Path(f"/proc/{self.popen.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        return 0
+
+    def stop(self) -> None:
+        self.popen.terminate()
+        try:
+            self.popen.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            self.popen.wait()
+
+
+def wait_port(port: int, popen: subprocess.Popen[str], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if popen.poll() is not None:
+            raise RuntimeError(f"server exited with {popen.returncode}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"nothing listening on {port}")
+
+
+def start_emulator(var_dir: str) -> Process:
+    port = free_port()
+    popen = subprocess.Popen(
+        [sys.executable, "manage.py", "run_emulator", "--port", str(port)],
+        cwd=ROOT, env=django_env(var_dir), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True,
+    )
+    wait_port(port, popen)
+    return Process(popen, port)
+
+
+def start_relay(var_dir: str, server: str, emulator_port: int) -> Process:
+    port = free_port()
+    popen = subprocess.Popen(
+        [sys.executable, "manage.py", "serve", "--no-worker", "--server", server, "--port", str(port)],
+        cwd=ROOT, env=django_env(var_dir, emulator_port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    wait_port(port, popen)
+    return Process(popen, port)
+
+
+# --- the load generator -----------------------------------------------------------------------
+
+
+@dataclass
+class Tally:
+    rtts: list[float] = field(default_factory=list)
+    late: list[float] = field(default_factory=list)
+    probes_sent: int = 0
+    events_sent: int = 0
+    events_received: int = 0
+    failures: int = 0
+    measuring: bool = False
+
+
+async def one_session(url: str, key: str, tally: Tally, start_at: float, stop_at: float, index: int) -> None:
+    from websockets.asyncio.client import connect
+
+    pending: dict[str, float] = {}
+    try:
+        async with connect(url, additional_headers={"Authorization": f"Bearer {key}"}, compression=None,
+                           max_size=None, open_timeout=60) as ws:
+            await ws.recv()  # session.created
+            await ws.send(SESSION_UPDATE)
+            while json.loads(await ws.recv())["type"] != "session.updated":
+                pass
+
+            async def read() -> None:
+                async for message in ws:
+                    tally.events_received += 1
+                    if '"error"' in message:
+                        probe = json.loads(message)["error"].get("event_id")
+                        sent = pending.pop(probe, None)
+                        if sent is not None and tally.measuring:
+                            tally.rtts.append(time.perf_counter() - sent)
+
+            reader = asyncio.create_task(read())
+            loop = asyncio.get_running_loop()
+            await asyncio.sleep(max(0.0, start_at - loop.time()) + (index % 50) * 0.0004)  # spread the phases
+            begin, n = time.perf_counter(), 0
+            while loop.time() < stop_at:
+                due = begin + n * 0.02
+                now = time.perf_counter()
+                if due > now:
+                    await asyncio.sleep(due - now)
+                elif tally.measuring:
+                    tally.late.append(now - due)
+                await ws.send(CHUNK)
+                tally.events_sent += 1
+                if n % 5 == 0:
+                    probe = f"probe_{index}_{n}"
+                    pending[probe] = time.perf_counter()
+                    await ws.send(json.dumps({"type": "conversation.item.retrieve", "item_id": "item_none",
+                                              "event_id": probe}))
+                    tally.events_sent += 1
+                    if tally.measuring:
+                        tally.probes_sent += 1
+                if n % 250 == 249:  # keep upstream's buffer small: a clear every 5 s
+                    await ws.send('{"type":"input_audio_buffer.clear"}')
+                n += 1
+            await asyncio.sleep(0.5)
+            reader.cancel()
+    except Exception:
+        tally.failures += 1
+
+
+def quantile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def run_load(url: str, key: str, sessions: int, seconds: float, warmup: float = 2.0) -> dict[str, Any]:
+    loop = asyncio.get_running_loop()
+    tally = Tally()
+    start_at = loop.time() + 1.0 + sessions * 0.01  # connect everyone first
+    stop_at = start_at + warmup + seconds
+    tasks = [asyncio.create_task(one_session(url, key, tally, start_at, stop_at, i)) for i in range(sessions)]
+    await asyncio.sleep(max(0.0, start_at + warmup - loop.time()))
+    tally.measuring = True
+    await asyncio.sleep(max(0.0, stop_at - loop.time()))
+    tally.measuring = False
+    await asyncio.gather(*tasks)
+    answered = len(tally.rtts)
+    return {
+        "p50_ms": quantile(tally.rtts, 0.5) * 1000,
+        "p99_ms": quantile(tally.rtts, 0.99) * 1000,
+        "late_p99_ms": quantile(tally.late, 0.99) * 1000 if tally.late else 0.0,
+        "probes": tally.probes_sent,
+        "answered": answered,
+        "failures": tally.failures,
+        "events": tally.events_sent + tally.events_received,
+        "real_time": tally.failures == 0
+        and answered >= tally.probes_sent * 0.999
+        and (not tally.late or quantile(tally.late, 0.99) < 0.02),
+    }
+
+
+async def idle_memory(relay: Process, url: str, key: str, count: int) -> float:
+    """Resident memory of the relay process per open, idle session (KiB)."""
+    from websockets.asyncio.client import connect
+
+    before = relay.rss_kib()
+    stack = contextlib.AsyncExitStack()
+    async with stack:
+        for _ in range(count):
+            ws = await stack.enter_async_context(
+                connect(url, additional_headers={"Authorization": f"Bearer {key}"}, compression=None)
+            )
+            await ws.recv()
+        await asyncio.sleep(1.0)
+        after = relay.rss_kib()
+    return (after - before) / count
+
+
+def fmt(row: dict[str, Any]) -> str:
+    return (f"p50 {row['p50_ms']:7.2f} ms  p99 {row['p99_ms']:7.2f} ms  chunk lateness p99 {row['late_p99_ms']:6.2f} ms"
+            f"  probes {row['answered']}/{row['probes']}  failures {row['failures']}"
+            f"  {'real time' if row['real_time'] else 'FELL BEHIND'}")
+
+
+async def main_async(args: argparse.Namespace) -> int:
+    counts = [int(n) for n in args.sessions.split(",")]
+    servers = args.servers.split(",")
+    print(f"machine: {os.cpu_count()} CPUs, load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    with tempfile.TemporaryDirectory(prefix="rtp-bench-relay-") as var_dir:
+        relay_key, emulator_key = setup(var_dir)
+        emulator = start_emulator(var_dir)
+        relays = {name: start_relay(var_dir, name, emulator.port) for name in servers}
+        direct_url = f"ws://127.0.0.1:{emulator.port}/v1/realtime?model=gpt-realtime"
+        results: dict[tuple[str, int], dict[str, Any]] = {}
+        try:
+            for n in counts:
+                print(f"\n== {n} sessions, {args.seconds:.0f} s, 20 ms chunks (50/s) + 10 probes/s each", flush=True)
+                direct = await run_load(direct_url, emulator_key, n, args.seconds)
+                results[("direct", n)] = direct
+                print(f"  direct          {fmt(direct)}", flush=True)
+                for name, relay in relays.items():
+                    cpu_before = relay.cpu_seconds()
+                    row = await run_load(f"ws://127.0.0.1:{relay.port}/v1/realtime?model=gpt-realtime",
+                                         relay_key, n, args.seconds)
+                    row["cpu_us_per_event"] = (relay.cpu_seconds() - cpu_before) * 1e6 / max(1, row["events"])
+                    row["added_p50_ms"] = row["p50_ms"] - direct["p50_ms"]
+                    row["added_p99_ms"] = row["p99_ms"] - direct["p99_ms"]
+                    results[(name, n)] = row
+                    print(f"  relay/{name:8}  {fmt(row)}", flush=True)
+                    print(f"  {'':15} added p50 {row['added_p50_ms']:+.2f} ms, p99 {row['added_p99_ms']:+.2f} ms;"
+                          f" ratio to direct p50 x{row['p50_ms'] / direct['p50_ms']:.2f},"
+                          f" p99 x{row['p99_ms'] / direct['p99_ms']:.2f};"
+                          f" relay CPU {row['cpu_us_per_event']:.0f} us/event", flush=True)
+            print("\n== memory per idle relayed session")
+            for name, relay in relays.items():
+                kib = await idle_memory(relay, f"ws://127.0.0.1:{relay.port}/v1/realtime?model=gpt-realtime",
+                                        relay_key, args.idle)
+                print(f"  relay/{name:8}  {kib:.0f} KiB per session ({args.idle} idle sessions)")
+        finally:
+            for relay in relays.values():
+                relay.stop()
+            emulator.stop()
+        print("\n== summary (targets: p50 added <= 1 ms, p99 added <= 10 ms at 100 sessions;"
+              " largest count keeping real time with p99 added <= 25 ms >= 150)")
+        for name in servers:
+            ok = [n for n in counts if results[(name, n)]["real_time"] and results[("direct", n)]["real_time"]
+                  and results[(name, n)]["added_p99_ms"] <= 25]
+            print(f"  relay/{name:8}  largest session count in real time with p99 added <= 25 ms: "
+                  f"{max(ok) if ok else 'none of ' + args.sessions}")
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sessions", default="50,100,150,200", help="comma-separated session counts")
+    parser.add_argument("--seconds", type=float, default=8.0, help="measured seconds per run")
+    parser.add_argument("--servers", default="daphne,uvicorn")
+    parser.add_argument("--idle", type=int, default=200, help="idle sessions for the memory figure")
+    args = parser.parse_args()
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        return uvloop.run(main_async(args))
+    return asyncio.run(main_async(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
