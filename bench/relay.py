@@ -29,7 +29,6 @@ import base64
 import contextlib
 import json
 import os
-import re
 import socket
 import subprocess
 import sys
@@ -90,7 +89,12 @@ def setup(var_dir: str) -> tuple[str, str]:
     env = django_env(var_dir)
     subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True)
     out = subprocess.run(
-        [sys.executable, "manage.py", "shell", "-c", SETUP], cwd=ROOT, env=env, check=True, capture_output=True, text=True
+        [sys.executable, "manage.py", "shell", "-c", SETUP],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout.split()
     return out[-2], out[-1]
 
@@ -134,7 +138,11 @@ def start_emulator(var_dir: str) -> Process:
     port = free_port()
     popen = subprocess.Popen(
         [sys.executable, "manage.py", "run_emulator", "--port", str(port)],
-        cwd=ROOT, env=django_env(var_dir), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True,
+        cwd=ROOT,
+        env=django_env(var_dir),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        text=True,
     )
     wait_port(port, popen)
     return Process(popen, port)
@@ -144,7 +152,10 @@ def start_relay(var_dir: str, server: str, emulator_port: int) -> Process:
     port = free_port()
     popen = subprocess.Popen(
         [sys.executable, "manage.py", "serve", "--no-worker", "--server", server, "--port", str(port)],
-        cwd=ROOT, env=django_env(var_dir, emulator_port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=ROOT,
+        env=django_env(var_dir, emulator_port),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
         text=True,
     )
     wait_port(port, popen)
@@ -170,8 +181,13 @@ async def one_session(url: str, key: str, tally: Tally, start_at: float, stop_at
 
     pending: dict[str, float] = {}
     try:
-        async with connect(url, additional_headers={"Authorization": f"Bearer {key}"}, compression=None,
-                           max_size=None, open_timeout=60) as ws:
+        async with connect(
+            url,
+            additional_headers={"Authorization": f"Bearer {key}"},
+            compression=None,
+            max_size=None,
+            open_timeout=60,
+        ) as ws:
             await ws.recv()  # session.created
             await ws.send(SESSION_UPDATE)
             while json.loads(await ws.recv())["type"] != "session.updated":
@@ -202,8 +218,11 @@ async def one_session(url: str, key: str, tally: Tally, start_at: float, stop_at
                 if n % 5 == 0:
                     probe = f"probe_{index}_{n}"
                     pending[probe] = time.perf_counter()
-                    await ws.send(json.dumps({"type": "conversation.item.retrieve", "item_id": "item_none",
-                                              "event_id": probe}))
+                    await ws.send(
+                        json.dumps(
+                            {"type": "conversation.item.retrieve", "item_id": "item_none", "event_id": probe}
+                        )
+                    )
                     tally.events_sent += 1
                     if tally.measuring:
                         tally.probes_sent += 1
@@ -267,9 +286,12 @@ async def idle_memory(relay: Process, url: str, key: str, count: int) -> float:
 
 
 def fmt(row: dict[str, Any]) -> str:
-    return (f"p50 {row['p50_ms']:7.2f} ms  p99 {row['p99_ms']:7.2f} ms  chunk lateness p99 {row['late_p99_ms']:6.2f} ms"
-            f"  probes {row['answered']}/{row['probes']}  failures {row['failures']}"
-            f"  {'real time' if row['real_time'] else 'FELL BEHIND'}")
+    return (
+        f"p50 {row['p50_ms']:7.2f} ms  p99 {row['p99_ms']:7.2f} ms"
+        f"  chunk lateness p99 {row['late_p99_ms']:6.2f} ms"
+        f"  probes {row['answered']}/{row['probes']}  failures {row['failures']}"
+        f"  {'real time' if row['real_time'] else 'FELL BEHIND'}"
+    )
 
 
 async def main_async(args: argparse.Namespace) -> int:
@@ -284,39 +306,60 @@ async def main_async(args: argparse.Namespace) -> int:
         results: dict[tuple[str, int], dict[str, Any]] = {}
         try:
             for n in counts:
-                print(f"\n== {n} sessions, {args.seconds:.0f} s, 20 ms chunks (50/s) + 10 probes/s each", flush=True)
+                print(
+                    f"\n== {n} sessions, {args.seconds:.0f} s, 20 ms chunks (50/s) + 10 probes/s each",
+                    flush=True,
+                )
                 direct = await run_load(direct_url, emulator_key, n, args.seconds)
                 results[("direct", n)] = direct
                 print(f"  direct          {fmt(direct)}", flush=True)
                 for name, relay in relays.items():
                     cpu_before = relay.cpu_seconds()
-                    row = await run_load(f"ws://127.0.0.1:{relay.port}/v1/realtime?model=gpt-realtime",
-                                         relay_key, n, args.seconds)
+                    row = await run_load(
+                        f"ws://127.0.0.1:{relay.port}/v1/realtime?model=gpt-realtime",
+                        relay_key,
+                        n,
+                        args.seconds,
+                    )
                     row["cpu_us_per_event"] = (relay.cpu_seconds() - cpu_before) * 1e6 / max(1, row["events"])
                     row["added_p50_ms"] = row["p50_ms"] - direct["p50_ms"]
                     row["added_p99_ms"] = row["p99_ms"] - direct["p99_ms"]
                     results[(name, n)] = row
                     print(f"  relay/{name:8}  {fmt(row)}", flush=True)
-                    print(f"  {'':15} added p50 {row['added_p50_ms']:+.2f} ms, p99 {row['added_p99_ms']:+.2f} ms;"
-                          f" ratio to direct p50 x{row['p50_ms'] / direct['p50_ms']:.2f},"
-                          f" p99 x{row['p99_ms'] / direct['p99_ms']:.2f};"
-                          f" relay CPU {row['cpu_us_per_event']:.0f} us/event", flush=True)
+                    print(
+                        f"  {'':15} added p50 {row['added_p50_ms']:+.2f} ms,"
+                        f" p99 {row['added_p99_ms']:+.2f} ms;"
+                        f" ratio to direct p50 x{row['p50_ms'] / direct['p50_ms']:.2f},"
+                        f" p99 x{row['p99_ms'] / direct['p99_ms']:.2f};"
+                        f" relay CPU {row['cpu_us_per_event']:.0f} us/event",
+                        flush=True,
+                    )
             print("\n== memory per idle relayed session")
             for name, relay in relays.items():
-                kib = await idle_memory(relay, f"ws://127.0.0.1:{relay.port}/v1/realtime?model=gpt-realtime",
-                                        relay_key, args.idle)
+                kib = await idle_memory(
+                    relay, f"ws://127.0.0.1:{relay.port}/v1/realtime?model=gpt-realtime", relay_key, args.idle
+                )
                 print(f"  relay/{name:8}  {kib:.0f} KiB per session ({args.idle} idle sessions)")
         finally:
             for relay in relays.values():
                 relay.stop()
             emulator.stop()
-        print("\n== summary (targets: p50 added <= 1 ms, p99 added <= 10 ms at 100 sessions;"
-              " largest count keeping real time with p99 added <= 25 ms >= 150)")
+        print(
+            "\n== summary (targets: p50 added <= 1 ms, p99 added <= 10 ms at 100 sessions;"
+            " largest count keeping real time with p99 added <= 25 ms >= 150)"
+        )
         for name in servers:
-            ok = [n for n in counts if results[(name, n)]["real_time"] and results[("direct", n)]["real_time"]
-                  and results[(name, n)]["added_p99_ms"] <= 25]
-            print(f"  relay/{name:8}  largest session count in real time with p99 added <= 25 ms: "
-                  f"{max(ok) if ok else 'none of ' + args.sessions}")
+            ok = [
+                n
+                for n in counts
+                if results[(name, n)]["real_time"]
+                and results[("direct", n)]["real_time"]
+                and results[(name, n)]["added_p99_ms"] <= 25
+            ]
+            print(
+                f"  relay/{name:8}  largest session count in real time with p99 added <= 25 ms: "
+                f"{max(ok) if ok else 'none of ' + args.sessions}"
+            )
     return 0
 
 

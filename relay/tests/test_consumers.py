@@ -553,3 +553,34 @@ async def test_server_shutdown_closes_with_1012(tenant, connect_key, fake_openai
     row = await wait_ended((await session_row(tenant=tenant)).pk)
     assert row.end_reason == EndReason.SERVER_SHUTDOWN
     assert await slots_in_use(tenant) == 0
+
+
+@pytest.mark.parametrize("change", ["revoke_key", "rotate_key", "suspend_tenant"])
+async def test_revoking_or_suspending_reaches_live_sessions_through_the_kill_switch(
+    tenant, connect_key, fake_openai, settings, change
+):
+    settings.RELAY_HEARTBEAT_SECONDS = 60  # so only the kill-switch message can explain the close
+    ws = client(connect_key.plaintext)
+    await handshake(ws)
+    await next_event(ws)
+
+    @db
+    def act() -> None:
+        from tenants.services import api_key_rotate, tenant_set_status
+
+        if change == "revoke_key":
+            api_key_revoke(api_key=connect_key.api_key, actor=_actor())
+        elif change == "rotate_key":
+            api_key_rotate(api_key=connect_key.api_key, actor=_actor())
+        else:
+            tenant_set_status(tenant=tenant, status=Tenant.Status.SUSPENDED, actor=_actor())
+
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await act()
+    events, code = await closing(ws)
+    assert loop.time() - started < 2.0
+    assert code == CLOSE_TERMINATED
+    expected = EndReason.TENANT_SUSPENDED if change == "suspend_tenant" else EndReason.KEY_REVOKED
+    assert (await wait_ended((await session_row(tenant=tenant)).pk)).end_reason == expected
+    assert events[-1]["error"]["code"] == "session_terminated"
