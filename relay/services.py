@@ -42,7 +42,7 @@ from relay.core import (
     UpstreamConnector,
 )
 from relay.models import RealtimeSession
-from relay.policy import SessionRules
+from relay.policy import SessionRules, normalize_locked
 from relay.upstream import upstream_connector_for
 from tenants import keys
 from tenants.auth import INCORRECT_KEY_MESSAGE, MISSING_KEY_MESSAGE, api_key_authenticate
@@ -80,7 +80,7 @@ def session_rules_for(policy: SessionPolicy | None) -> SessionRules:
     if policy is None:
         return SessionRules()
     return SessionRules(
-        locked_fields=frozenset(str(f) for f in policy.locked_fields or []),
+        locked_fields=normalize_locked(str(f) for f in policy.locked_fields or []),
         allowed_voices=frozenset(str(v) for v in policy.allowed_voices or []),
         tool_allowlist=None
         if policy.tool_allowlist is None

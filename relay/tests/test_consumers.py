@@ -153,7 +153,7 @@ async def test_policy_config_reaches_upstream_before_client_events(tenant, conne
         )
     )
     error = await next_event(ws)
-    assert error["error"]["code"] == "locked_field"
+    assert error["error"]["code"] == "locked_parameter"
     assert error["error"]["event_id"] == "c1"
     upstream = fake_openai.sockets[0]
     assert [e["session"].get("instructions") for e in upstream.client_events("session.update")] == [

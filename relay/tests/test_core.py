@@ -239,7 +239,7 @@ async def test_changing_a_locked_field_is_refused_and_resending_it_is_not():
         )
     )
     error = rig.client.events("error")[-1]["error"]
-    assert error["code"] == "locked_field"
+    assert error["code"] == "locked_parameter"
     assert error["param"] == "session.instructions"
     assert error["event_id"] == "e1"
     assert rig.upstream.client_events("session.update") == []

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from relay import events
-from relay.policy import SessionRules
+from relay.policy import SessionRules, normalize_locked
 
 CURRENT = {
     "instructions": "Be kind.",
@@ -22,49 +22,61 @@ def update(**session: object) -> dict[str, object]:
     return {"type": "session.update", "session": {"type": "realtime", **session}}
 
 
-def test_open_rules_pass_everything():
+def test_no_rules_pass_everything():
     rules = SessionRules()
-    assert rules.is_open
     verdict = rules.check_session_update(update(instructions="anything", tools=[{"name": "x"}]), CURRENT)
     assert verdict.refusal is None
     assert verdict.rewritten is None
 
 
-def test_voice_allow_list():
-    rules = SessionRules(allowed_voices=frozenset({"marin"}))
+def test_voice_allow_list_including_custom_voices():
+    rules = SessionRules(allowed_voices=frozenset({"marin", "voice_abc"}))
     refusal = rules.check_session_update(update(audio={"output": {"voice": "alloy"}}), CURRENT).refusal
     assert refusal is not None
-    assert refusal.code == "value_not_allowed"
+    assert refusal.code == "voice_not_allowed"
     assert refusal.param == "session.audio.output.voice"
     assert rules.check_session_update(update(audio={"output": {"voice": "marin"}}), CURRENT).refusal is None
+    custom = update(audio={"output": {"voice": {"id": "voice_abc"}}})
+    assert rules.check_session_update(custom, CURRENT).refusal is None
     response = {"type": "response.create", "response": {"audio": {"output": {"voice": "ash"}}}}
     assert rules.check_response_create(response, CURRENT).refusal.param == "response.audio.output.voice"
 
 
-def test_tool_allow_list_by_function_name_or_mcp_label():
+def test_tool_allow_list_by_function_name_or_mcp_label_and_forced_choice():
     rules = SessionRules(tool_allowlist=frozenset({"lookup", "crm"}))
     ok = update(tools=[{"type": "function", "name": "lookup"}, {"type": "mcp", "server_label": "crm"}])
     assert rules.check_session_update(ok, CURRENT).refusal is None
     bad = rules.check_session_update(update(tools=[{"type": "function", "name": "delete_all"}]), CURRENT)
-    assert bad.refusal.param == "session.tools"
+    assert bad.refusal.code == "tool_not_allowed"
+    assert bad.refusal.param == "session.tools.0"
     assert "delete_all" in bad.refusal.message
+    forced = update(tool_choice={"type": "function", "name": "delete_all"})
+    assert rules.check_session_update(forced, CURRENT).refusal.param == "session.tool_choice"
     none_allowed = SessionRules(tool_allowlist=frozenset())
     assert none_allowed.check_session_update(update(tools=[]), CURRENT).refusal is None
     assert none_allowed.check_session_update(update(tools=[{"name": "x"}]), CURRENT).refusal is not None
 
 
-@pytest.mark.parametrize(
-    ("value", "allowed"), [(100, True), (500, True), (501, False), ("inf", False), (True, False)]
-)
-def test_max_output_tokens_ceiling(value, allowed):
+@pytest.mark.parametrize(("value", "sent"), [(100, 100), (500, 500), (501, 500), ("inf", 500), (True, 500)])
+def test_max_output_tokens_above_the_ceiling_becomes_the_ceiling(value, sent):
     rules = SessionRules(max_output_tokens_ceiling=500)
-    refusal = rules.check_session_update(update(max_output_tokens=value), CURRENT).refusal
-    assert (refusal is None) is allowed
+    verdict = rules.check_session_update(update(max_output_tokens=value), CURRENT)
+    assert verdict.refusal is None
+    forwarded = (
+        verdict.rewritten["session"] if verdict.rewritten else update(max_output_tokens=value)["session"]
+    )
+    assert forwarded["max_output_tokens"] == sent
+
+
+def test_locked_paths_may_be_written_with_the_session_prefix():
+    rules = SessionRules(locked_fields=normalize_locked(["session.audio.output.voice", "type", ""]))
+    assert rules.locked_fields == frozenset({"audio.output.voice"})
 
 
 def test_locking_a_parent_object_by_nulling_it_counts_as_a_change():
     rules = SessionRules(locked_fields=frozenset({"audio.output.voice"}))
-    assert rules.check_session_update(update(audio=None), CURRENT).refusal is not None
+    refusal = rules.check_session_update(update(audio=None), CURRENT).refusal
+    assert refusal.code == "locked_parameter"
     assert rules.check_session_update(update(audio={"input": {}}), CURRENT).refusal is None
 
 
