@@ -8,7 +8,7 @@ generator. For each session count N, the same load runs twice or more:
 - relay/<server>: N sessions through the platform's /v1/realtime to the same emulator.
 
 Each session streams real-time 24 kHz PCM16 audio in 20 ms `input_audio_buffer.append` events (50
-a second; server VAD off, so upstream just buffers them) and, with every 5th chunk, a probe event
+a second; server VAD off, so upstream just buffers them) and, with every 10th chunk, a probe event
 (`conversation.item.retrieve` of an unknown item) that upstream answers at once with an `error`
 carrying the probe's event id. The probe's round trip is the latency measured: two relay hops
 (client → upstream, upstream → client) when relayed. "Added" is relay minus direct, at p50 and p99.
@@ -29,6 +29,7 @@ import base64
 import contextlib
 import json
 import os
+import resource
 import socket
 import subprocess
 import sys
@@ -40,6 +41,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 CHUNK = json.dumps({"type": "input_audio_buffer.append", "audio": base64.b64encode(bytes(960)).decode()})
+PROBE_EVERY = 10  # chunks: 5 probes a second per session
 SESSION_UPDATE = json.dumps(
     {"type": "session.update", "session": {"type": "realtime", "audio": {"input": {"turn_detection": None}}}}
 )
@@ -134,15 +136,26 @@ def wait_port(port: int, popen: subprocess.Popen[str], timeout: float = 60) -> N
     raise RuntimeError(f"nothing listening on {port}")
 
 
-def start_emulator(var_dir: str) -> Process:
+EMULATOR_ON_UVICORN = """
+import django, uvicorn
+django.setup()
+from django.conf import settings
+from upstream.emulator import Emulator
+uvicorn.run(Emulator(api_keys={settings.UPSTREAM_EMULATOR_API_KEY}), host="127.0.0.1", port=PORT,
+            lifespan="off", ws_per_message_deflate=False, ws_max_size=32 * 1024 * 1024, log_level="warning")
+"""
+
+
+def start_emulator(var_dir: str, server: str) -> Process:
+    """The emulator alone in its own process: under daphne (`manage.py run_emulator`) or uvicorn."""
     port = free_port()
+    if server == "daphne":
+        command = [sys.executable, "manage.py", "run_emulator", "--port", str(port)]
+    else:
+        command = [sys.executable, "-c", EMULATOR_ON_UVICORN.replace("PORT", str(port))]
+    env = {**django_env(var_dir), "DJANGO_SETTINGS_MODULE": "realtime_platform.settings"}
     popen = subprocess.Popen(
-        [sys.executable, "manage.py", "run_emulator", "--port", str(port)],
-        cwd=ROOT,
-        env=django_env(var_dir),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        text=True,
+        command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True
     )
     wait_port(port, popen)
     return Process(popen, port)
@@ -179,7 +192,7 @@ class Tally:
 async def one_session(url: str, key: str, tally: Tally, start_at: float, stop_at: float, index: int) -> None:
     from websockets.asyncio.client import connect
 
-    pending: dict[str, float] = {}
+    pending: dict[str, tuple[float, bool]] = {}  # probe id -> (sent at, sent while measuring)
     try:
         async with connect(
             url,
@@ -199,8 +212,8 @@ async def one_session(url: str, key: str, tally: Tally, start_at: float, stop_at
                     if '"error"' in message:
                         probe = json.loads(message)["error"].get("event_id")
                         sent = pending.pop(probe, None)
-                        if sent is not None and tally.measuring:
-                            tally.rtts.append(time.perf_counter() - sent)
+                        if sent is not None and sent[1]:
+                            tally.rtts.append(time.perf_counter() - sent[0])
 
             reader = asyncio.create_task(read())
             loop = asyncio.get_running_loop()
@@ -215,9 +228,9 @@ async def one_session(url: str, key: str, tally: Tally, start_at: float, stop_at
                     tally.late.append(now - due)
                 await ws.send(CHUNK)
                 tally.events_sent += 1
-                if n % 5 == 0:
+                if n % PROBE_EVERY == 0:
                     probe = f"probe_{index}_{n}"
-                    pending[probe] = time.perf_counter()
+                    pending[probe] = (time.perf_counter(), tally.measuring)
                     await ws.send(
                         json.dumps(
                             {"type": "conversation.item.retrieve", "item_id": "item_none", "event_id": probe}
@@ -294,52 +307,78 @@ def fmt(row: dict[str, Any]) -> str:
     )
 
 
+def own_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+async def measured(
+    name: str, url: str, key: str, n: int, seconds: float, processes: dict[str, Process]
+) -> dict[str, Any]:
+    """One load run, with the CPU share each process took during it (100% = one core)."""
+    before = {label: p.cpu_seconds() for label, p in processes.items()}
+    own, wall = own_cpu_seconds(), time.monotonic()
+    row = await run_load(url, key, n, seconds)
+    wall = time.monotonic() - wall
+    row["cpu"] = {label: (p.cpu_seconds() - before[label]) / wall * 100 for label, p in processes.items()}
+    row["cpu"]["load generator"] = (own_cpu_seconds() - own) / wall * 100
+    return row
+
+
+def cpu_line(row: dict[str, Any]) -> str:
+    return "CPU " + ", ".join(f"{label} {share:.0f}%" for label, share in row["cpu"].items())
+
+
 async def main_async(args: argparse.Namespace) -> int:
     counts = [int(n) for n in args.sessions.split(",")]
     servers = args.servers.split(",")
-    print(f"machine: {os.cpu_count()} CPUs, load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(
+        f"machine: {os.cpu_count()} CPUs, load average {' '.join(f'{x:.2f}' for x in os.getloadavg())};"
+        f" emulator on {args.emulator}"
+    )
     with tempfile.TemporaryDirectory(prefix="rtp-bench-relay-") as var_dir:
         relay_key, emulator_key = setup(var_dir)
-        emulator = start_emulator(var_dir)
+        emulator = start_emulator(var_dir, args.emulator)
         relays = {name: start_relay(var_dir, name, emulator.port) for name in servers}
         direct_url = f"ws://127.0.0.1:{emulator.port}/v1/realtime?model=gpt-realtime"
         results: dict[tuple[str, int], dict[str, Any]] = {}
         try:
+            print("\n== memory per idle relayed session (fresh server processes)")
+            for name, relay in relays.items():
+                kib = await idle_memory(
+                    relay, f"ws://127.0.0.1:{relay.port}/v1/realtime?model=gpt-realtime", relay_key, args.idle
+                )
+                print(f"  relay/{name:8}  {kib:.1f} KiB per session ({args.idle} idle sessions)", flush=True)
             for n in counts:
                 print(
-                    f"\n== {n} sessions, {args.seconds:.0f} s, 20 ms chunks (50/s) + 10 probes/s each",
+                    f"\n== {n} sessions, {args.seconds:.0f} s: 20 ms chunks (50/s) + {50 // PROBE_EVERY} probes/s each",
                     flush=True,
                 )
-                direct = await run_load(direct_url, emulator_key, n, args.seconds)
+                direct = await measured(
+                    "direct", direct_url, emulator_key, n, args.seconds, {"emulator": emulator}
+                )
                 results[("direct", n)] = direct
                 print(f"  direct          {fmt(direct)}", flush=True)
+                print(f"  {'':15} {cpu_line(direct)}", flush=True)
                 for name, relay in relays.items():
-                    cpu_before = relay.cpu_seconds()
-                    row = await run_load(
+                    row = await measured(
+                        name,
                         f"ws://127.0.0.1:{relay.port}/v1/realtime?model=gpt-realtime",
                         relay_key,
                         n,
                         args.seconds,
+                        {"relay": relay, "emulator": emulator},
                     )
-                    row["cpu_us_per_event"] = (relay.cpu_seconds() - cpu_before) * 1e6 / max(1, row["events"])
                     row["added_p50_ms"] = row["p50_ms"] - direct["p50_ms"]
                     row["added_p99_ms"] = row["p99_ms"] - direct["p99_ms"]
                     results[(name, n)] = row
                     print(f"  relay/{name:8}  {fmt(row)}", flush=True)
                     print(
-                        f"  {'':15} added p50 {row['added_p50_ms']:+.2f} ms,"
-                        f" p99 {row['added_p99_ms']:+.2f} ms;"
+                        f"  {'':15} added p50 {row['added_p50_ms']:+.2f} ms, p99 {row['added_p99_ms']:+.2f} ms;"
                         f" ratio to direct p50 x{row['p50_ms'] / direct['p50_ms']:.2f},"
-                        f" p99 x{row['p99_ms'] / direct['p99_ms']:.2f};"
-                        f" relay CPU {row['cpu_us_per_event']:.0f} us/event",
+                        f" p99 x{row['p99_ms'] / direct['p99_ms']:.2f}; {cpu_line(row)}",
                         flush=True,
                     )
-            print("\n== memory per idle relayed session")
-            for name, relay in relays.items():
-                kib = await idle_memory(
-                    relay, f"ws://127.0.0.1:{relay.port}/v1/realtime?model=gpt-realtime", relay_key, args.idle
-                )
-                print(f"  relay/{name:8}  {kib:.0f} KiB per session ({args.idle} idle sessions)")
         finally:
             for relay in relays.values():
                 relay.stop()
@@ -369,6 +408,12 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=8.0, help="measured seconds per run")
     parser.add_argument("--servers", default="daphne,uvicorn")
     parser.add_argument("--idle", type=int, default=200, help="idle sessions for the memory figure")
+    parser.add_argument(
+        "--emulator",
+        default="uvicorn",
+        choices=["uvicorn", "daphne"],
+        help="server of the emulator process (the upstream of every run)",
+    )
     args = parser.parse_args()
     with contextlib.suppress(ImportError):
         import uvloop

@@ -16,9 +16,6 @@ It finds the transport in the `send` callable daphne gives each application
 (`functools.partial(Server.handle_reply, protocol)`); if a daphne release changes that, it logs a
 warning once and the relay runs without (the watchdog and ping still end stuck sessions).
 
-It also turns Nagle's algorithm off on daphne's socket (twisted leaves it on; asyncio and uvloop,
-under uvicorn, turn it off), so small events are not held back waiting for an ACK.
-
 daphne (autobahn) also refuses the protocol close codes (1008, 1009, 1011-1013) from an
 application's ASGI close; `DaphneFlow.close` sends those frames itself.
 
@@ -192,10 +189,6 @@ def flow_for(send: Callable[..., Any], receive: Callable[..., Any], *, backlog_l
             _warned = True
             logger.warning("daphne flow control unavailable: relay sends to slow clients will not wait")
         return ClientFlow()
-    if hasattr(transport, "setTcpNoDelay"):
-        # twisted leaves Nagle's algorithm on (asyncio and uvloop turn it off): small realtime
-        # events would wait for the previous segment's ACK
-        transport.setTcpNoDelay(True)
     flow = DaphneFlow(protocol, transport, queue, backlog_limit)
     if getattr(transport, "producer", None) is not None:
         # daphne's HTTP channel registered itself before the upgrade and is done with the socket.
