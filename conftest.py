@@ -1,14 +1,16 @@
 """Project-wide fixtures: healthchecks-style alice/bob/charlie, as tenants, roles and keys.
 
-Tests that need PostgreSQL (row locks, races) or Redis (channel layer, broker, shared limits)
-carry `@pytest.mark.postgres` / `@pytest.mark.redis`. Without DATABASE_URL / REDIS_URL they are
-skipped locally; CI sets RTP_REQUIRE_SERVICES=1, which turns a would-be skip into a failure so
-they can never silently stop running there.
+Tests that need PostgreSQL (row locks, races), Redis (channel layer, broker, shared limits) or a
+browser carry `@pytest.mark.postgres` / `@pytest.mark.redis` / `@pytest.mark.browser`. Without
+DATABASE_URL / REDIS_URL / Debian's Chromium they are skipped locally; CI sets
+RTP_REQUIRE_SERVICES=1, which turns a would-be skip into a failure so they can never silently stop
+running there.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 from typing import Any
 
 import pytest
@@ -29,6 +31,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     missing = {
         "postgres": None if settings.IS_POSTGRES else "needs PostgreSQL (set DATABASE_URL)",
         "redis": None if settings.REDIS_URL else "needs Redis (set REDIS_URL)",
+        "browser": None
+        if shutil.which("chromium") or os.path.exists("/usr/bin/chromium")
+        else "needs Chromium (apt-get install chromium; .ci/run installs it)",
     }
     required = os.environ.get("RTP_REQUIRE_SERVICES") == "1"
     for item in items:
@@ -39,6 +44,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                         f"{item.nodeid} {reason}, and RTP_REQUIRE_SERVICES=1 forbids skipping"
                     )
                 item.add_marker(pytest.mark.skip(reason=reason))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _fast_password_hashing() -> Any:
+    """Test users' passwords hash with MD5: the real hasher (PBKDF2, ~0.4 s per user here) would
+    make every fixture with a few users cost seconds. Production settings are untouched."""
+    from django.test.utils import override_settings
+
+    with override_settings(PASSWORD_HASHERS=["django.contrib.auth.hashers.MD5PasswordHasher"]):
+        yield
 
 
 @pytest.fixture(autouse=True)

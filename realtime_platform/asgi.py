@@ -12,10 +12,11 @@ django_asgi_app = get_asgi_application()
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402  (needs Django set up)
 
 from relay.routing import websocket_urlpatterns  # noqa: E402
+from tokens.asgi import IssuanceFastPath  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
-        "http": django_asgi_app,
+        "http": IssuanceFastPath(django_asgi_app),  # POST /v1/realtime/client_secrets; the rest: Django
         "websocket": URLRouter(websocket_urlpatterns),
     }
 )

@@ -9,15 +9,19 @@ ConflictError, UnprocessableEntityError, RateLimitError, InternalServerError).
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping
 from typing import Any
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.http import Http404, HttpRequest, JsonResponse
+from django_ratelimit.exceptions import Ratelimited
 from rest_framework import exceptions as drf
 from rest_framework.response import Response
 
 from realtime_platform.context import current_request_id
+from realtime_platform.redaction import redact_text
+from upstream.errors import UpstreamError
 
 logger = logging.getLogger(__name__)
 
@@ -195,46 +199,132 @@ def validation_error_body(detail: Any, codes: Any) -> dict[str, Any]:
     return error_body(text, code=code, param=param or None)
 
 
-def api_exception_handler(exc: Exception, context: Mapping[str, Any]) -> Response:
+def as_api_error(exc: Exception) -> ApplicationError | None:
+    """The OpenAI-shaped error for every exception class an API view may raise; None for an
+    unexpected one (a bug: answered with a 500 and logged). Used by the DRF handler and by the
+    issuance fast path (`tokens/asgi.py`), so both answer alike."""
     if isinstance(exc, ApplicationError):
-        return Response(exc.as_body(), status=exc.status, headers=exc.headers)
+        return exc
     if isinstance(exc, drf.ValidationError):
-        return Response(validation_error_body(exc.detail, exc.get_codes()), status=400)
+        error = validation_error_body(exc.detail, exc.get_codes())["error"]
+        return BadRequest(error["message"], code=error["code"], param=error["param"])
     if isinstance(exc, drf.ParseError):
-        return Response(
-            error_body(
-                "We could not parse the JSON body of your request. Send a valid JSON object with "
-                "Content-Type: application/json.",
-                code="invalid_json",
-            ),
-            status=400,
+        return BadRequest(
+            "We could not parse the JSON body of your request. Send a valid JSON object with "
+            "Content-Type: application/json.",
+            code="invalid_json",
         )
     if isinstance(exc, drf.NotAuthenticated):
-        return Response(
-            error_body(
-                "You didn't provide an API key. Send it in an Authorization header using Bearer auth "
-                "(Authorization: Bearer YOUR_KEY).",
-                code="missing_api_key",
-            ),
-            status=401,
+        return AuthenticationFailed(
+            "You didn't provide an API key. Send it in an Authorization header using Bearer auth "
+            "(Authorization: Bearer YOUR_KEY).",
+            code="missing_api_key",
             headers={"WWW-Authenticate": "Bearer"},
         )
     if isinstance(exc, Http404 | drf.NotFound):
-        return Response(error_body("No such object.", code="not_found"), status=404)
+        return NotFound()
+    if isinstance(exc, Ratelimited):  # django-ratelimit's decorator (a PermissionDenied subclass)
+        return RateLimited("Rate limit reached. Retry later.", retry_after=60)
     if isinstance(exc, DjangoPermissionDenied):
-        return Response(error_body("Permission denied.", code="permission_denied"), status=403)
+        return PermissionDenied("Permission denied.")
     if isinstance(exc, drf.Throttled):
-        retry = int(getattr(exc, "wait", None) or 1)
-        return Response(
-            error_body("Rate limit reached. Retry later.", error_type="requests", code="rate_limit_exceeded"),
-            status=429,
-            headers={"Retry-After": str(max(1, retry))},
+        return RateLimited(
+            "Rate limit reached. Retry later.", retry_after=int(getattr(exc, "wait", None) or 1)
         )
     if isinstance(exc, drf.APIException):
         code = exc.default_code if isinstance(exc.default_code, str) else None
-        return Response(error_body(str(exc.detail), code=code), status=exc.status_code)
-    logger.error("unhandled error in API view %s", type(exc).__name__, exc_info=exc)
-    return Response(server_error_body(), status=500)
+        return ApplicationError(str(exc.detail), code=code, status=exc.status_code)
+    if isinstance(exc, UpstreamError):
+        return upstream_error_to_api_error(exc)
+    return None
+
+
+def api_exception_handler(exc: Exception, context: Mapping[str, Any]) -> Response:
+    error = as_api_error(exc)
+    if error is None:
+        logger.error("unhandled error in API view %s", type(exc).__name__, exc_info=exc)
+        return Response(server_error_body(), status=500)
+    return Response(error.as_body(), status=error.status, headers=error.headers)
+
+
+# --- OpenAI (upstream) failures ---------------------------------------------------------------
+
+
+def upstream_error_to_api_error(error: UpstreamError) -> ApplicationError:
+    """What a client hears when OpenAI failed after the upstream client's own retries.
+
+    - timeout → 504 `upstream_timeout`; connection failure → 502 `upstream_unavailable` (Retry-After)
+    - the platform cannot call OpenAI at all (no key configured, the tenant's own key missing)
+      → 503 with the upstream client's code
+    - 429 → 429 with OpenAI's type and code (`insufficient_quota` is not retryable), Retry-After
+    - 401/403: the platform's (or the tenant's own) OpenAI key was refused; not the caller's
+      fault → 502 `upstream_auth_failed`
+    - other 4xx (OpenAI rejected the session) → the same status, message, param and code
+    - 5xx, or an answer that is not OpenAI's → 502 `upstream_error`
+    Messages are redacted: OpenAI echoes parts of a rejected key."""
+    message = redact_text(error.message)
+    where = f" (OpenAI request id {error.request_id})" if error.request_id else ""
+    retry_headers = {"Retry-After": str(max(1, math.ceil(error.retry_after or 1)))}
+    status = error.status
+    if status is None and error.code == "timeout":
+        return ApplicationError(
+            f"The OpenAI API did not answer in time{where}. Please retry shortly.",
+            status=504,
+            error_type="server_error",
+            code="upstream_timeout",
+            headers=retry_headers,
+        )
+    if status is None and error.retryable:
+        return ApplicationError(
+            f"The OpenAI API could not be reached{where}. Please retry shortly.",
+            status=502,
+            error_type="server_error",
+            code="upstream_unavailable",
+            headers=retry_headers,
+        )
+    if status is None:
+        return ApplicationError(
+            f"This organization cannot reach OpenAI right now: {message}",
+            status=503,
+            error_type="server_error",
+            code=error.code or "upstream_not_configured",
+        )
+    if status == 429:
+        code = error.code or "rate_limit_exceeded"
+        headers = dict(retry_headers)
+        if code == "insufficient_quota":
+            headers["x-should-retry"] = "false"
+        return ApplicationError(
+            f"OpenAI refused the request for now: {message}{where}",
+            status=429,
+            error_type=error.type or "requests",
+            code=code,
+            headers=headers,
+        )
+    if status in (401, 403):
+        return ApplicationError(
+            f"The platform's credentials for OpenAI were refused{where}. This is not a problem with your "
+            "API key; the organization's administrators can see it in the audit trail.",
+            status=502,
+            error_type="server_error",
+            code="upstream_auth_failed",
+        )
+    if 400 <= status < 500:
+        return ApplicationError(
+            message,
+            status=status,
+            error_type=error.type or "invalid_request_error",
+            code=error.code,
+            param=error.param,
+        )
+    detail = f"status {status}" if status >= 500 else "an answer the platform could not understand"
+    return ApplicationError(
+        f"The OpenAI API failed ({detail}){where}. Please retry shortly.",
+        status=502,
+        error_type="server_error",
+        code="upstream_error",
+        headers=retry_headers,
+    )
 
 
 # --- Django-level handlers (URLs DRF never sees) ----------------------------------------------

@@ -9,6 +9,7 @@ Setting DATABASE_URL, REDIS_URL or OPENAI_API_KEY switches to PostgreSQL, Redis 
 from __future__ import annotations
 
 import hashlib
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -77,6 +78,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "realtime_platform.console_auth.ConsoleSessionMiddleware",  # idle/absolute timeouts, console headers
 ]
 
 ROOT_URLCONF = "realtime_platform.urls"
@@ -223,6 +225,16 @@ SESSION_COOKIE_AGE = env_int("DJANGO_SESSION_COOKIE_AGE", 8 * 3600)
 SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SAMESITE = "Lax"
 CSRF_COOKIE_SAMESITE = "Lax"
+# Console sessions end after this long without a request, and SESSION_COOKIE_AGE after sign-in
+# however active they are (enforced server-side by ConsoleSessionMiddleware, not just by the cookie).
+CONSOLE_IDLE_TIMEOUT_SECONDS = env_int("RTP_CONSOLE_IDLE_TIMEOUT", 30 * 60)
+CONSOLE_ABSOLUTE_TIMEOUT_SECONDS = SESSION_COOKIE_AGE
+# Failed sign-ins allowed per window (django-ratelimit rates) before further attempts are refused.
+CONSOLE_LOGIN_FAILURES_PER_USERNAME = env_str("RTP_CONSOLE_LOGIN_FAILURES_PER_USERNAME", "5/15m")
+CONSOLE_LOGIN_FAILURES_PER_IP = env_str("RTP_CONSOLE_LOGIN_FAILURES_PER_IP", "30/15m")
+for _rate in (CONSOLE_LOGIN_FAILURES_PER_USERNAME, CONSOLE_LOGIN_FAILURES_PER_IP):
+    if not re.fullmatch(r"[1-9]\d*/\d*[smhd]", _rate):
+        raise ImproperlyConfigured(f"Login throttle rate {_rate!r} must look like '5/15m' (count/period).")
 
 # --- HTTPS and deploy hygiene (`manage.py check --deploy` passes with DEBUG off) -------------
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if env_bool("DJANGO_BEHIND_PROXY") else None
@@ -269,6 +281,12 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "OpenAI-compatible realtime client secrets and the tenant management API.",
     "VERSION": "0.1.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    # 3.1: the OpenAI request schema (pydantic) uses JSON Schema nulls, which 3.0 cannot express.
+    "OAS_VERSION": "3.1.0",
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "realtime_platform.openapi.add_error_responses",
+    ],
 }
 
 # --- Logging ----------------------------------------------------------------------------------
@@ -304,9 +322,7 @@ LOGGING = {
 
 # --- Relay (/v1/realtime) -----------------------------------------------------------------------
 # README "Relay" explains each; relay/core.py RelayLimits holds the same defaults.
-RELAY_MAX_EVENT_BYTES = env_int(
-    "RTP_RELAY_MAX_EVENT_BYTES", 1024 * 1024
-)  # bigger: error event, not forwarded
+RELAY_MAX_EVENT_BYTES = env_int("RTP_RELAY_MAX_EVENT_BYTES", 1024 * 1024)  # bigger: error event, dropped
 RELAY_MAX_FRAME_BYTES = env_int("RTP_RELAY_MAX_FRAME_BYTES", 2 * 1024 * 1024)  # bigger: error, close 1009
 RELAY_SLOW_CLIENT_SECONDS = float(env_str("RTP_RELAY_SLOW_CLIENT_SECONDS", "5"))  # not reading: close 1013
 RELAY_HEARTBEAT_SECONDS = float(env_str("RTP_RELAY_HEARTBEAT_SECONDS", "10"))  # last_seen_at, quota checks
@@ -319,3 +335,22 @@ RELAY_SERVER_MAX_MESSAGE_BYTES = 2 * RELAY_MAX_FRAME_BYTES
 ASGI_SERVER = env_str("RTP_ASGI_SERVER", "daphne")  # `manage.py serve`: daphne or uvicorn
 if ASGI_SERVER not in {"daphne", "uvicorn"}:
     raise ImproperlyConfigured("RTP_ASGI_SERVER must be 'daphne' or 'uvicorn'")
+
+# --- Client-secret issuance (tokens/) ---------------------------------------------------------
+# Per-API-key requests per minute on POST /v1/realtime/client_secrets, on top of the tenant's
+# requests_per_minute (plan or override). Unset: a key may use the tenant's whole rate.
+RATE_LIMIT_PER_KEY_PER_MINUTE: int | None = env_int("RTP_RATE_LIMIT_PER_KEY_PER_MINUTE", 0) or None
+# Redis (the rate-limit store) down: answer 503 at once for this long before trying it again.
+RATE_LIMIT_BREAKER_SECONDS = env_int("RTP_RATE_LIMIT_BREAKER_SECONDS", 2)
+# An in-flight Idempotency-Key whose holder died is taken over after this long (longer than the
+# worst upstream call: connect + read timeouts times the retries).
+IDEMPOTENCY_LEASE_SECONDS = env_int("RTP_IDEMPOTENCY_LEASE_SECONDS", 120)
+# Serve POST /v1/realtime/client_secrets from the lean ASGI path in tokens/asgi.py (see README,
+# "Serving the hot path"); false: the ordinary Django/DRF view serves it.
+ISSUANCE_FAST_PATH = env_bool("RTP_ISSUANCE_FAST_PATH", True)
+# Threads (each with its own database connection) doing the fast path's database work.
+ISSUANCE_DB_THREADS = env_int("RTP_ISSUANCE_DB_THREADS", 4)
+CELERY_BEAT_SCHEDULE["purge-idempotency-keys"] = {
+    "task": "tokens.tasks.idempotency_purge",
+    "schedule": 3600.0,
+}

@@ -28,6 +28,16 @@ def access_membership(
     return membership
 
 
+def assignable_roles(*, manager_role: str) -> tuple[str, ...]:
+    """Roles a manager may grant: owners grant any role; admins every role but owner (so an admin
+    cannot promote anyone, themselves included, above their own role)."""
+    if manager_role == Role.OWNER:
+        return tuple(Role.values)
+    if manager_role == Role.ADMIN:
+        return tuple(role for role in Role.values if role != Role.OWNER)
+    return ()
+
+
 def access_api_key(
     *, user: User | AnonymousUser, tenant_id: int, key_id: int, manage: bool = False
 ) -> ApiKey:

@@ -65,7 +65,11 @@ def bearer_token(header: str | None) -> str | None:
     return token.strip()
 
 
-def api_key_authenticate(raw: str | None, *, now: datetime | None = None) -> KeyPrincipal:
+def api_key_authenticate(
+    raw: str | None, *, now: datetime | None = None, related: tuple[str, ...] = ()
+) -> KeyPrincipal:
+    """`related`: extra `select_related` paths from the key (e.g. "tenant__plan"), so a caller
+    that needs them next gets them in the same query."""
     if raw is None:
         raise AuthenticationFailed(MISSING_KEY_MESSAGE, code="missing_api_key")
     parsed = keys.parse(raw)
@@ -75,7 +79,7 @@ def api_key_authenticate(raw: str | None, *, now: datetime | None = None) -> Key
         raise AuthenticationFailed(
             "Relay tokens are accepted only by the realtime WebSocket (/v1/realtime), not by REST endpoints."
         )
-    api_key = ApiKey.objects.select_related("tenant").filter(prefix=parsed.prefix).first()
+    api_key = ApiKey.objects.select_related("tenant", *related).filter(prefix=parsed.prefix).first()
     if api_key is None or not hmac.compare_digest(api_key.fingerprint, keys.fingerprint(raw)):
         raise AuthenticationFailed(INCORRECT_KEY_MESSAGE)
     now = now or timezone.now()

@@ -82,3 +82,21 @@ def upstream_api_key(*, tenant: Tenant) -> str | None:
 
     ciphertext = UpstreamCredential.objects.filter(tenant=tenant).values_list("ciphertext", flat=True).first()
     return crypto.decrypt(ciphertext) if ciphertext else None
+
+
+def user_find(*, identifier: str) -> User | None:
+    """The active user whose username is `identifier`, else the one active user with that email
+    (case-insensitive). None when there is no such user, or several share the email."""
+    from django.contrib.auth import get_user_model
+
+    identifier = identifier.strip()
+    if not identifier:
+        return None
+    users = get_user_model().objects.filter(is_active=True)
+    by_username = users.filter(username=identifier).first()
+    if by_username is not None:
+        return by_username
+    if "@" not in identifier:
+        return None
+    by_email = list(users.filter(email__iexact=identifier)[:2])
+    return by_email[0] if len(by_email) == 1 else None

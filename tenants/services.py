@@ -32,6 +32,7 @@ from tenants.models import (
     Tenant,
     UpstreamCredential,
 )
+from tenants.selectors import tenant_limits
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import User
@@ -263,6 +264,14 @@ def api_key_create(
         raise BadRequest("API key name must be 1 to 100 characters.", param="name")
     if expires_at is not None and expires_at <= timezone.now():
         raise BadRequest("expires_at must be in the future.", param="expires_at")
+    _validate_key_limits(
+        tenant,
+        {
+            "secrets_per_day": secrets_per_day,
+            "concurrent_sessions": concurrent_sessions,
+            "cost_usd_per_month": cost_usd_per_month,
+        },
+    )
     api_key = ApiKey(
         tenant=tenant,
         name=name,
@@ -344,6 +353,58 @@ def api_key_revoke(*, api_key: ApiKey, actor: Actor) -> ApiKey:
         details={"prefix": api_key.prefix, "name": api_key.name},
     )
     _close_relay_sessions_on_commit(tenant_id=api_key.tenant_id, api_key_id=api_key.pk, reason="key_revoked")
+    return api_key
+
+
+KEY_LIMIT_FIELDS = ("secrets_per_day", "concurrent_sessions", "cost_usd_per_month")
+KEY_SETTING_FIELDS = (*KEY_LIMIT_FIELDS, "secret_kind")
+
+
+def _validate_key_limits(tenant: Tenant, values: dict[str, Any]) -> None:
+    """A key's sub-limit may only be tighter than (or equal to) the tenant's limit in force."""
+    limits = tenant_limits(tenant=tenant)
+    for name in KEY_LIMIT_FIELDS:
+        value = values.get(name)
+        if value is None:
+            continue
+        if value < 0:
+            raise BadRequest(f"{name} cannot be negative.", param=name)
+        tenant_value = getattr(limits, name)
+        if tenant_value is not None and value > tenant_value:
+            raise BadRequest(
+                f"{name} cannot exceed the tenant's limit of {tenant_value}.",
+                param=name,
+                code="above_tenant_limit",
+            )
+
+
+@transaction.atomic
+def api_key_settings_update(*, api_key: ApiKey, actor: Actor, values: dict[str, Any]) -> ApiKey:
+    """Change a key's sub-limits (null: only the tenant's limit applies) and its per-key secret
+    kind ("": as the tenant's session policy says). Audited with before and after."""
+    unknown = set(values) - set(KEY_SETTING_FIELDS)
+    if unknown:
+        raise BadRequest(f"Unknown key setting(s): {', '.join(sorted(unknown))}.", param=sorted(unknown)[0])
+    api_key = ApiKey.objects.select_for_update().select_related("tenant__plan").get(pk=api_key.pk)
+    if api_key.revoked_at is not None:
+        raise Conflict("A revoked key cannot be changed.", code="key_revoked")
+    kind = values.get("secret_kind", api_key.secret_kind)
+    if kind not in ("", *SessionPolicy.SecretKind.values):
+        raise BadRequest("secret_kind must be '', 'relay' or 'upstream'.", param="secret_kind")
+    _validate_key_limits(api_key.tenant, values)
+    before = _snapshot(api_key, list(values))
+    for name, value in values.items():
+        setattr(api_key, name, value)
+    api_key.save(update_fields=list(values))
+    changes = _changes(before, _snapshot(api_key, list(values)))
+    if changes:
+        audit_record(
+            tenant=api_key.tenant,
+            actor=actor,
+            action="key.settings_changed",
+            target=api_key,
+            details={"prefix": api_key.prefix, "changes": changes},
+        )
     return api_key
 
 
@@ -510,6 +571,33 @@ def upstream_credential_delete(*, tenant: Tenant, actor: Actor) -> None:
     if tenant.upstream_mode == Tenant.UpstreamMode.OWN:
         tenant.upstream_mode = Tenant.UpstreamMode.PLATFORM
         tenant.save(update_fields=["upstream_mode"])
+
+
+@transaction.atomic
+def tenant_upstream_mode_set(*, tenant: Tenant, mode: str, actor: Actor) -> Tenant:
+    """Switch between the platform's OpenAI key and the tenant's own (which must be saved first)."""
+    if mode not in Tenant.UpstreamMode.values:
+        raise BadRequest("upstream_mode must be 'platform' or 'own'.", param="upstream_mode")
+    tenant = Tenant.objects.select_for_update().get(pk=tenant.pk)
+    if tenant.upstream_mode == mode:
+        return tenant
+    if mode == Tenant.UpstreamMode.OWN and not UpstreamCredential.objects.filter(tenant=tenant).exists():
+        raise BadRequest(
+            "Save your own OpenAI API key before switching to it.",
+            param="upstream_mode",
+            code="no_credential",
+        )
+    before = tenant.upstream_mode
+    tenant.upstream_mode = mode
+    tenant.save(update_fields=["upstream_mode"])
+    audit_record(
+        tenant=tenant,
+        actor=actor,
+        action="tenant.upstream_mode_changed",
+        target=tenant,
+        details={"upstream_mode": {"before": before, "after": mode}},
+    )
+    return tenant
 
 
 def upstream_credential_reencrypt_all() -> int:

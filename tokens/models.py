@@ -62,3 +62,40 @@ class ClientSecret(models.Model):
 
     def __str__(self) -> str:
         return f"{self.id} ({self.kind}, …{self.last_four})"
+
+
+class IdempotencyRecord(models.Model):
+    """One `Idempotency-Key` of one API key, kept 24 hours.
+
+    The unique constraint is what makes duplicates safe: of any number of concurrent requests
+    with the same key, exactly one inserts the row and does the work; the others find it and get
+    409 while it is in flight, or the stored response once it is complete. The response holds
+    the client secret itself, so it is stored encrypted (Fernet), never in plain text."""
+
+    class State(models.TextChoices):
+        IN_FLIGHT = "in_flight", "In flight"
+        COMPLETED = "completed", "Completed"
+
+    tenant = models.ForeignKey("tenants.Tenant", on_delete=models.CASCADE, related_name="+")
+    api_key = models.ForeignKey("tenants.ApiKey", on_delete=models.CASCADE, related_name="+")
+    key = models.CharField(max_length=255)
+    request_hash = models.CharField(max_length=64)
+    state = models.CharField(max_length=16, choices=State.choices, default=State.IN_FLIGHT)
+    # While in flight: when another request may take the key over (its holder died mid-request).
+    locked_until = models.DateTimeField()
+    response_status = models.PositiveSmallIntegerField(null=True, blank=True)
+    response_encrypted = models.TextField(blank=True, default="", editable=False)
+    client_secret = models.ForeignKey(
+        ClientSecret, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["api_key", "key"], name="idempotency_key_per_api_key"),
+        ]
+        indexes = [models.Index(fields=["expires_at"], name="idempotency_expiry")]
+
+    def __str__(self) -> str:
+        return f"{self.api_key_id}:{self.key} ({self.state})"

@@ -8,3 +8,10 @@ def client_secret_expire_sweep() -> int:
     from tokens.services import client_secret_expire_sweep as sweep
 
     return sweep()
+
+
+@shared_task(name="tokens.tasks.idempotency_purge", ignore_result=True)
+def idempotency_purge() -> int:
+    from tokens.idempotency import idempotency_purge as purge
+
+    return purge()

@@ -515,9 +515,11 @@ def platform_api_key() -> str:
     return key
 
 
-def upstream_client_for(tenant: Tenant) -> UpstreamClient:
+def upstream_client_for(tenant: Tenant, *, http: httpx.AsyncClient | None = None) -> UpstreamClient:
     """The platform's key (settings.OPENAI_API_KEY, or the emulator's key when unset), or the tenant's
-    own key when tenant.upstream_mode == "own" (decrypted now, via tenants.selectors.upstream_api_key)."""
+    own key when tenant.upstream_mode == "own" (decrypted now, via tenants.selectors.upstream_api_key).
+    `http`: a long-lived AsyncClient for the async calls to reuse (connection pooling), instead of
+    one client per call."""
     from tenants.models import Tenant
     from tenants.selectors import upstream_api_key
 
@@ -531,5 +533,5 @@ def upstream_client_for(tenant: Tenant) -> UpstreamClient:
                 code="upstream_key_missing",
                 retryable=False,
             )
-        return UpstreamClient(api_key=own_key)
-    return UpstreamClient(api_key=platform_api_key())
+        return UpstreamClient(api_key=own_key, http=http)
+    return UpstreamClient(api_key=platform_api_key(), http=http)

@@ -346,3 +346,6 @@ def live_server_asgi(transactional_db: Any, _daphne_reactor: None) -> Iterator[L
         # database can be flushed and, at the end, dropped
         with contextlib.suppress(Exception):
             connections.close_all()
+        from tokens.asgi import shutdown_db_threads
+
+        shutdown_db_threads()  # the issuance fast path's database threads, and their connections

@@ -118,3 +118,43 @@ def test_request_id_is_echoed_or_minted(api_client):
     minted = api_client.get("/healthz", HTTP_X_REQUEST_ID="bad id with spaces\n")
     assert minted["x-request-id"].startswith("req_")
     assert len(minted["x-request-id"]) == 36
+
+
+def test_every_error_class_maps_to_its_openai_status_and_type():
+    from django_ratelimit.exceptions import Ratelimited
+    from rest_framework import exceptions as drf
+
+    from realtime_platform.errors import (
+        AuthenticationFailed,
+        Conflict,
+        NotFound,
+        PermissionDenied,
+        QuotaExceeded,
+        RateLimited,
+        ServiceUnavailable,
+        Unprocessable,
+        as_api_error,
+    )
+
+    cases = [
+        (drf.ValidationError({"seconds": ["bad"]}), 400, "invalid_request_error"),
+        (drf.ParseError(), 400, "invalid_request_error"),
+        (AuthenticationFailed("no"), 401, "invalid_request_error"),
+        (drf.NotAuthenticated(), 401, "invalid_request_error"),
+        (PermissionDenied("no"), 403, "invalid_request_error"),
+        (NotFound("thing"), 404, "invalid_request_error"),
+        (drf.MethodNotAllowed("DELETE"), 405, "invalid_request_error"),
+        (Conflict("busy"), 409, "invalid_request_error"),
+        (Unprocessable("other body"), 422, "invalid_request_error"),
+        (RateLimited("slow down", retry_after=3), 429, "requests"),
+        (Ratelimited(), 429, "requests"),  # django-ratelimit's decorator raises this
+        (QuotaExceeded("used up"), 429, "insufficient_quota"),
+        (ServiceUnavailable("later"), 503, "server_error"),
+    ]
+    for exc, status, error_type in cases:
+        error = as_api_error(exc)
+        assert error is not None, exc
+        assert (error.status, error.error_type) == (status, error_type), exc
+        assert set(error.as_body()["error"]) == {"message", "type", "param", "code"}
+    assert as_api_error(RuntimeError("bug")) is None  # answered as a logged 500
+    assert as_api_error(Ratelimited()).headers["Retry-After"] == "60"
