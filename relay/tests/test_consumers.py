@@ -584,3 +584,24 @@ async def test_revoking_or_suspending_reaches_live_sessions_through_the_kill_swi
     expected = EndReason.TENANT_SUSPENDED if change == "suspend_tenant" else EndReason.KEY_REVOKED
     assert (await wait_ended((await session_row(tenant=tenant)).pk)).end_reason == expected
     assert events[-1]["error"]["code"] == "session_terminated"
+
+
+async def test_revoking_a_used_relay_token_ends_its_live_session(tenant, api_key, fake_openai, settings):
+    settings.RELAY_HEARTBEAT_SECONDS = 60  # only the kill-switch message can explain the close
+    token, secret = await db(make_relay_token)(tenant, api_key.api_key)
+    ws = client(token)
+    await handshake(ws)
+    await next_event(ws)
+
+    @db
+    def revoke() -> None:
+        from tokens.services import client_secret_revoke
+
+        secret.refresh_from_db()
+        client_secret_revoke(secret=secret, actor=_actor())
+
+    await revoke()
+    events, code = await closing(ws)
+    assert code == CLOSE_TERMINATED
+    assert "relay token" in events[-1]["error"]["message"]
+    assert (await wait_ended((await session_row(tenant=tenant)).pk)).end_reason == EndReason.SECRET_REVOKED
