@@ -351,7 +351,8 @@ async def main_async(args: argparse.Namespace) -> int:
                 print(f"  relay/{name:8}  {kib:.1f} KiB per session ({args.idle} idle sessions)", flush=True)
             for n in counts:
                 print(
-                    f"\n== {n} sessions, {args.seconds:.0f} s: 20 ms chunks (50/s) + {50 // PROBE_EVERY} probes/s each",
+                    f"\n== {n} sessions, {args.seconds:.0f} s:"
+                    f" 20 ms chunks (50/s) + {50 // PROBE_EVERY} probes/s each",
                     flush=True,
                 )
                 direct = await measured(
@@ -374,7 +375,8 @@ async def main_async(args: argparse.Namespace) -> int:
                     results[(name, n)] = row
                     print(f"  relay/{name:8}  {fmt(row)}", flush=True)
                     print(
-                        f"  {'':15} added p50 {row['added_p50_ms']:+.2f} ms, p99 {row['added_p99_ms']:+.2f} ms;"
+                        f"  {'':15} added p50 {row['added_p50_ms']:+.2f} ms,"
+                        f" p99 {row['added_p99_ms']:+.2f} ms;"
                         f" ratio to direct p50 x{row['p50_ms'] / direct['p50_ms']:.2f},"
                         f" p99 x{row['p99_ms'] / direct['p99_ms']:.2f}; {cpu_line(row)}",
                         flush=True,
