@@ -21,7 +21,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from channels.layers import BaseChannelLayer, get_channel_layer
 from django.conf import settings
 
-from realtime_platform.context import tenant_id_var
+from realtime_platform.context import accept_request_id, request_id_var, tenant_id_var
 from realtime_platform.errors import ApplicationError, server_error_body
 from relay.core import (
     CLOSE_QUOTA,
@@ -261,6 +261,9 @@ class RelayConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels h
     async def _open(self) -> bool:
         credential, subprotocol = handshake_credential(self.scope)
         client = self.scope.get("client")
+        # one request id per socket (the caller's X-Request-Id when sane), for its logs and audit rows
+        header = next((v for k, v in self.scope.get("headers") or [] if k == b"x-request-id"), b"")
+        request_id_var.set(accept_request_id(header.decode("latin-1") or None))
         try:
             grant = await database_sync_to_async(relay_session_open)(
                 credential=credential,

@@ -205,7 +205,7 @@ def upstream_failure_cutoff(exc: BaseException) -> Cutoff:
             "session_config_rejected",
             "server_error",
         )
-    if isinstance(exc, TimeoutError):
+    if isinstance(exc, TimeoutError) or getattr(exc, "code", None) == "timeout":
         return Cutoff(
             EndReason.UPSTREAM_REFUSED,
             CLOSE_UPSTREAM_FAILED,

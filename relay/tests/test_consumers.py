@@ -605,3 +605,19 @@ async def test_revoking_a_used_relay_token_ends_its_live_session(tenant, api_key
     assert code == CLOSE_TERMINATED
     assert "relay token" in events[-1]["error"]["message"]
     assert (await wait_ended((await session_row(tenant=tenant)).pk)).end_reason == EndReason.SECRET_REVOKED
+
+
+async def test_the_sockets_request_id_reaches_its_audit_rows(tenant, connect_key, fake_openai):
+    ws = client(connect_key.plaintext, headers=[(b"x-request-id", b"req_from_client_42")])
+    await handshake(ws)
+    await next_event(ws)
+    await ws.disconnect()
+    await wait_ended((await session_row(tenant=tenant)).pk)
+
+    @db
+    def request_ids() -> list[str]:
+        return list(
+            AuditEvent.objects.filter(action__startswith="session.").values_list("request_id", flat=True)
+        )
+
+    assert await request_ids() == ["req_from_client_42", "req_from_client_42"]
