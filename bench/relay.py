@@ -307,6 +307,85 @@ def fmt(row: dict[str, Any]) -> str:
     )
 
 
+async def core_cost(events: int = 20000) -> tuple[float, float]:
+    """CPU of the relay's own logic per event (µs), without sockets: a RelaySession between a
+    client and an upstream that only count what they get."""
+    from relay.core import RelaySession, SessionPlan
+
+    class Upstream:
+        def __init__(self) -> None:
+            self.frames: asyncio.Queue[str] = asyncio.Queue()
+            self.frames.put_nowait(
+                '{"type":"session.created","event_id":"event_1","session":{"id":"sess_1"}}'
+            )
+
+        async def send(self, frame: str | bytes) -> None:
+            return None
+
+        async def recv(self) -> str:
+            return await self.frames.get()
+
+        async def close(self, code: int = 1000, reason: str = "") -> None:
+            return None
+
+    upstream = Upstream()
+
+    class Connector:
+        async def connect(self, **kwargs: Any) -> Upstream:
+            return upstream
+
+    class Client:
+        sent = 0
+
+        async def send(self, frame: str) -> None:
+            Client.sent += 1
+
+        async def close(self, code: int, reason: str) -> None:
+            return None
+
+    class Hooks:
+        async def response_done(self, **kwargs: Any) -> None:
+            return None
+
+        async def heartbeat(self, stats: Any) -> None:
+            return None
+
+        async def ended(self, stats: Any, **kwargs: Any) -> None:
+            return None
+
+    session = RelaySession(
+        plan=SessionPlan(session_id="rs_bench", model="gpt-realtime"),
+        client=Client(),
+        connector=Connector(),
+        hooks=Hooks(),
+    )
+    await session.open_upstream()
+    await session.start()
+    started = time.process_time()
+    for _ in range(events):
+        await session.from_client(CHUNK)
+    client_side = (time.process_time() - started) * 1e6 / events
+    delta = json.dumps(
+        {
+            "type": "response.output_audio.delta",
+            "event_id": "event_2",
+            "response_id": "resp_1",
+            "item_id": "item_1",
+            "output_index": 0,
+            "content_index": 0,
+            "delta": base64.b64encode(bytes(4800)).decode(),
+        }
+    )
+    before, started = Client.sent, time.process_time()
+    for _ in range(events):
+        upstream.frames.put_nowait(delta)
+    while Client.sent - before < events:
+        await asyncio.sleep(0)
+    upstream_side = (time.process_time() - started) * 1e6 / events
+    await session.client_closed(1000)
+    return client_side, upstream_side
+
+
 def own_cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
@@ -322,6 +401,8 @@ async def measured(
     wall = time.monotonic() - wall
     row["cpu"] = {label: (p.cpu_seconds() - before[label]) / wall * 100 for label, p in processes.items()}
     row["cpu"]["load generator"] = (own_cpu_seconds() - own) / wall * 100
+    if "relay" in processes:
+        row["relay_us_per_event"] = row["cpu"]["relay"] / 100 * wall * 1e6 / max(1, row["events"])
     return row
 
 
@@ -343,6 +424,12 @@ async def main_async(args: argparse.Namespace) -> int:
         direct_url = f"ws://127.0.0.1:{emulator.port}/v1/realtime?model=gpt-realtime"
         results: dict[tuple[str, int], dict[str, Any]] = {}
         try:
+            client_side, upstream_side = await core_cost()
+            print("\n== the relay's own logic, without sockets (relay/core.py)")
+            print(
+                f"  {client_side:.1f} us of CPU per 20 ms client append (checked, counted, forwarded as is),"
+                f" {upstream_side:.1f} us per upstream audio delta"
+            )
             print("\n== memory per idle relayed session (fresh server processes)")
             for name, relay in relays.items():
                 kib = await idle_memory(
@@ -378,7 +465,8 @@ async def main_async(args: argparse.Namespace) -> int:
                         f"  {'':15} added p50 {row['added_p50_ms']:+.2f} ms,"
                         f" p99 {row['added_p99_ms']:+.2f} ms;"
                         f" ratio to direct p50 x{row['p50_ms'] / direct['p50_ms']:.2f},"
-                        f" p99 x{row['p99_ms'] / direct['p99_ms']:.2f}; {cpu_line(row)}",
+                        f" p99 x{row['p99_ms'] / direct['p99_ms']:.2f}; {cpu_line(row)};"
+                        f" relay {row['relay_us_per_event']:.0f} us of CPU per event",
                         flush=True,
                     )
         finally:
