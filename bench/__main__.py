@@ -1,5 +1,5 @@
 """Run the named benchmark modules (default: all), each in its own process so each can pick its
-own database and settings: `python -m bench` or `python -m bench issuance`."""
+own database and settings: `python -m bench` or `python -m bench issuance audit`."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ BENCHMARKS = {
     "emulator": "bench.emulator",  # the OpenAI emulator's own REST and WebSocket rates vs bare daphne
     "relay": "bench.relay",  # latency the relay adds (daphne and uvicorn) vs a direct emulator session
     "issuance": "bench.issuance",  # POST /v1/realtime/client_secrets: platform vs direct-to-emulator
+    "audit": "bench.audit",  # audit trail: export vs COPY, export RSS, recorder and verifier rates
+    "jobs": "bench.jobs",  # expiry sweep vs one UPDATE, rollup vs one INSERT…SELECT, task memory
 }
 
 

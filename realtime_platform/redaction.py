@@ -29,6 +29,8 @@ _PATTERNS: list[tuple[re.Pattern[str], str]] = [
         r"\1" + REDACTED,
     ),
     (re.compile(r"(?i)\bbearer\s+[^\s\"',}]+"), "Bearer " + REDACTED),
+    # credentials inside a URL: scheme://user:password@host
+    (re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^/\s:@]*:)[^@\s/]+@"), r"\1" + REDACTED + "@"),
 ]
 
 SENSITIVE_KEYS = frozenset(
@@ -50,7 +52,13 @@ SENSITIVE_KEYS = frozenset(
 )
 
 
+# Every pattern above needs one of these; text without any (most text) skips the patterns.
+_MAYBE_SECRET = re.compile(r"(?i)rtp_|ek_|sk-|openai-insecure-api-key|authorization|bearer|://")
+
+
 def redact_text(text: str) -> str:
+    if not _MAYBE_SECRET.search(text):
+        return text
     for pattern, replacement in _PATTERNS:
         text = pattern.sub(replacement, text)
     return text

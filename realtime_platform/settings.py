@@ -117,9 +117,21 @@ DATABASES: dict[str, dict[str, Any]] = {
 }
 if DATABASE_URL:
     DATABASES = {"default": database_from_url(DATABASE_URL)}
-    DATABASES["default"]["CONN_MAX_AGE"] = env_int("DATABASE_CONN_MAX_AGE", 60)
-    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 IS_POSTGRES = str(DATABASES["default"]["ENGINE"]).endswith("postgresql")
+DATABASE_POOL_MAX = env_int("DATABASE_POOL_MAX", 20)
+if IS_POSTGRES and DATABASE_POOL_MAX > 0:
+    # Under ASGI every request runs its sync code in a fresh thread context, so persistent
+    # per-thread connections (CONN_MAX_AGE) would leak one connection per request. A psycopg pool
+    # hands connections back at the end of each request instead (Django's advice for ASGI).
+    DATABASES["default"]["CONN_MAX_AGE"] = 0
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+        "min_size": 1,
+        "max_size": DATABASE_POOL_MAX,
+        "timeout": env_int("DATABASE_POOL_TIMEOUT", 10),
+    }
+elif DATABASE_URL:
+    DATABASES["default"]["CONN_MAX_AGE"] = env_int("DATABASE_CONN_MAX_AGE", 0)
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Redis: cache, rate limits, channel layer, Celery broker ----------------------------------
@@ -168,9 +180,7 @@ CELERY_TASK_IGNORE_RESULT = True
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TIMEZONE = "UTC"
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
-CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
-    "expire-client-secrets": {"task": "tokens.tasks.client_secret_expire_sweep", "schedule": 30.0},
-}
+# CELERY_BEAT_SCHEDULE: see "Background jobs" at the end of this file.
 
 # --- Upstream (OpenAI) ------------------------------------------------------------------------
 OPENAI_API_KEY = env_secret("OPENAI_API_KEY")
@@ -336,6 +346,84 @@ ASGI_SERVER = env_str("RTP_ASGI_SERVER", "daphne")  # `manage.py serve`: daphne 
 if ASGI_SERVER not in {"daphne", "uvicorn"}:
     raise ImproperlyConfigured("RTP_ASGI_SERVER must be 'daphne' or 'uvicorn'")
 
+# --- Background jobs: beat schedule, sweeps, rollups, alerts, retention ------------------------
+# The schedule is these settings, not django-celery-beat: it is reviewed with the code, needs no
+# extra tables or admin, and runs unchanged under the embedded beat (`make run`). Operators tune
+# intervals with RTP_BEAT_INTERVALS="rollup-usage=300,purge-usage-events=7200" (seconds); `0`
+# disables an entry. Every entry's message expires after one interval, so a stopped worker
+# does not come back to a backlog of identical sweeps. Two beats are harmless: jobs take a lock.
+BEAT_JOBS: dict[str, tuple[str, int]] = {
+    "expire-client-secrets": ("tokens.tasks.client_secret_expire_sweep", 30),
+    "sweep-stale-sessions": ("relay.tasks.realtime_session_stale_sweep", 60),
+    "rollup-usage": ("usage.tasks.usage_rollup_run", 60),
+    "evaluate-quota-alerts": ("usage.tasks.quota_alerts_evaluate", 60),
+    "deliver-alerts": ("usage.tasks.alert_deliveries_send", 30),
+    "purge-usage-events": ("usage.tasks.usage_events_purge", 3600),
+    "purge-quota-counters": ("usage.tasks.quota_counters_purge", 6 * 3600),
+    "purge-idempotency-keys": ("tokens.tasks.idempotency_purge", 3600),
+    # Signed checkpoints bound how much of a chain's tail could be rewritten unnoticed.
+    "audit-checkpoint-heads": ("audit.tasks.audit_checkpoint_heads", 600),
+    "audit-verify-chains": ("audit.tasks.audit_verify_chains", 6 * 3600),
+    "audit-purge-expired": ("audit.tasks.audit_purge_expired", 24 * 3600),
+}
+
+
+def _beat_intervals(raw: str) -> dict[str, int]:
+    intervals: dict[str, int] = {}
+    for item in filter(None, (part.strip() for part in raw.split(","))):
+        name, _, seconds = item.partition("=")
+        if name.strip() not in BEAT_JOBS or not seconds.strip().isdigit():
+            raise ImproperlyConfigured(
+                f"RTP_BEAT_INTERVALS: {item!r} is not <job>=<seconds> with a job among {', '.join(BEAT_JOBS)}"
+            )
+        intervals[name.strip()] = int(seconds)
+    return intervals
+
+
+_BEAT_OVERRIDES = _beat_intervals(env_str("RTP_BEAT_INTERVALS"))
+CELERY_BEAT_SCHEDULE = {
+    name: {"task": task, "schedule": float(seconds), "options": {"expires": float(seconds)}}
+    for name, (task, default) in BEAT_JOBS.items()
+    if (seconds := _BEAT_OVERRIDES.get(name, default)) > 0
+}
+
+# A relay session whose process has not touched last_seen_at for this long is ended as "stale"
+# and its concurrency slot released; the relay touches it every RELAY_HEARTBEAT_SECONDS (above).
+RELAY_SESSION_STALE_SECONDS = env_int("RTP_RELAY_STALE_SECONDS", 120)
+if RELAY_SESSION_STALE_SECONDS < 2 * RELAY_HEARTBEAT_SECONDS:
+    raise ImproperlyConfigured(
+        f"RTP_RELAY_STALE_SECONDS must be at least two relay heartbeats ({2 * RELAY_HEARTBEAT_SECONDS:g} s)"
+    )
+# work_mem of a rollup transaction on PostgreSQL (its GROUP BY sorts up to a batch of events).
+ROLLUP_WORK_MEM = env_str("RTP_ROLLUP_WORK_MEM", "64MB")
+# Quota counter rows (and alert records) of periods that ended longer ago than this are deleted;
+# history lives on in the rollups. The concurrency counter has no period and is never deleted.
+QUOTA_COUNTER_RETENTION_DAYS = env_int("RTP_QUOTA_COUNTER_RETENTION_DAYS", 400)
+
+# Quota threshold alerts: webhook (HMAC-SHA256 signed) and email, retried with backoff.
+ALERT_WEBHOOK_TIMEOUT = float(env_str("RTP_ALERT_WEBHOOK_TIMEOUT", "5"))
+ALERT_MAX_ATTEMPTS = env_int("RTP_ALERT_MAX_ATTEMPTS", 8)
+ALERT_RETRY_BASE_SECONDS = env_int("RTP_ALERT_RETRY_BASE_SECONDS", 60)
+ALERT_RETRY_MAX_SECONDS = env_int("RTP_ALERT_RETRY_MAX_SECONDS", 3600)
+# Tenant-supplied URLs are fetched by the platform: refuse plain HTTP and private, loopback and
+# link-local addresses (SSRF) unless told otherwise (DEBUG allows both, for local receivers).
+ALERT_WEBHOOK_REQUIRE_HTTPS = env_bool("RTP_ALERT_WEBHOOK_REQUIRE_HTTPS", not DEBUG)
+ALERT_WEBHOOK_ALLOW_PRIVATE = env_bool("RTP_ALERT_WEBHOOK_ALLOW_PRIVATE", DEBUG)
+
+# Email (alerts): SMTP when DJANGO_EMAIL_HOST is set, otherwise printed to the worker's console.
+EMAIL_HOST = env_str("DJANGO_EMAIL_HOST")
+EMAIL_BACKEND = (
+    "django.core.mail.backends.smtp.EmailBackend"
+    if EMAIL_HOST
+    else "django.core.mail.backends.console.EmailBackend"
+)
+EMAIL_PORT = env_int("DJANGO_EMAIL_PORT", 587)
+EMAIL_HOST_USER = env_str("DJANGO_EMAIL_HOST_USER")
+EMAIL_HOST_PASSWORD = env_secret("DJANGO_EMAIL_HOST_PASSWORD")
+EMAIL_USE_TLS = env_bool("DJANGO_EMAIL_USE_TLS", True)
+EMAIL_TIMEOUT = 10
+DEFAULT_FROM_EMAIL = env_str("DJANGO_DEFAULT_FROM_EMAIL", "Realtime Platform <alerts@localhost>")
+
 # --- Client-secret issuance (tokens/) ---------------------------------------------------------
 # Per-API-key requests per minute on POST /v1/realtime/client_secrets, on top of the tenant's
 # requests_per_minute (plan or override). Unset: a key may use the tenant's whole rate.
@@ -350,7 +438,13 @@ IDEMPOTENCY_LEASE_SECONDS = env_int("RTP_IDEMPOTENCY_LEASE_SECONDS", 120)
 ISSUANCE_FAST_PATH = env_bool("RTP_ISSUANCE_FAST_PATH", True)
 # Threads (each with its own database connection) doing the fast path's database work.
 ISSUANCE_DB_THREADS = env_int("RTP_ISSUANCE_DB_THREADS", 4)
-CELERY_BEAT_SCHEDULE["purge-idempotency-keys"] = {
-    "task": "tokens.tasks.idempotency_purge",
-    "schedule": 3600.0,
-}
+# --- Audit trail ------------------------------------------------------------------------------
+# Keys that signed older checkpoints (comma-separated), kept only to verify them after a rotation.
+AUDIT_SIGNING_KEYS_PREVIOUS = env_list("RTP_AUDIT_SIGNING_KEYS_PREVIOUS", [])
+# Retention of the platform chain (tenants' chains follow Tenant.audit_retention_days), and the
+# shortest retention a tenant may set.
+AUDIT_PLATFORM_RETENTION_DAYS = env_int("RTP_AUDIT_PLATFORM_RETENTION_DAYS", 365 * 7)
+AUDIT_RETENTION_MIN_DAYS = env_int("RTP_AUDIT_RETENTION_MIN_DAYS", 30)
+# Prepare the recorder's statement once per connection (PostgreSQL): about twice the appends a
+# database core can take. Leave off behind a transaction-pooling PgBouncer older than 1.21.
+AUDIT_PREPARED_STATEMENTS = env_bool("RTP_AUDIT_PREPARED_STATEMENTS", False)

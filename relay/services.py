@@ -5,7 +5,8 @@ All sync (the consumer calls them through `database_sync_to_async`); each owns i
 Invariant shared with the stale-session sweep: an ACTIVE RealtimeSession holds one concurrency slot
 (`usage` metric "sessions": the tenant's counter, plus its API key's when `slot_key_held`). The one
 statement that moves a row from ACTIVE to ENDED decides who releases that slot, so it is released
-exactly once whichever path ends the session (`relay_session_end`, `relay_sessions_end_stale`).
+exactly once whichever path ends the session (`relay_session_end` here, or the stale-session
+sweep in relay/sweeps.py for sessions whose process died).
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from __future__ import annotations
 import hmac
 import logging
 from dataclasses import dataclass
-from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -534,41 +534,6 @@ def relay_session_end(
                 },
             )
     return session
-
-
-def relay_sessions_end_stale(*, seen_before: datetime, limit: int = 1000) -> int:
-    """End ACTIVE sessions whose relay stopped reporting before `seen_before` (its process died),
-    releasing their slots. Each row moves ACTIVE → ENDED in one conditional UPDATE, so a session
-    the relay ends at the same moment is released once. For the stale-session sweep."""
-    count = 0
-    candidates = RealtimeSession.objects.filter(
-        status=RealtimeSession.Status.ACTIVE, last_seen_at__lt=seen_before
-    ).values_list("pk", flat=True)[:limit]
-    for session_id in list(candidates):
-        with transaction.atomic():
-            now = timezone.now()
-            if not RealtimeSession.objects.filter(
-                pk=session_id, status=RealtimeSession.Status.ACTIVE, last_seen_at__lt=seen_before
-            ).update(status=RealtimeSession.Status.ENDED, ended_at=now, end_reason=EndReason.STALE):
-                continue
-            session = RealtimeSession.objects.select_related("tenant").get(pk=session_id)
-            _release_slot(session)
-            audit_record(
-                tenant=session.tenant,
-                actor=Actor.system("relay"),
-                action="session.ended",
-                target=session,
-                details={"reason": EndReason.STALE, "last_seen_at": session.last_seen_at.isoformat()},
-            )
-            count += 1
-    if count:
-        logger.info("ended stale relay sessions count=%s", count)
-    return count
-
-
-def stale_cutoff(heartbeat_seconds: float) -> timedelta:
-    """How long a live session may go without a heartbeat before it counts as stale."""
-    return timedelta(seconds=max(60.0, heartbeat_seconds * 6))
 
 
 # --- Kill switch (CONTRACTS §4) -----------------------------------------------------------------

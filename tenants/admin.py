@@ -1,21 +1,39 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit
 
-from django.contrib import admin
-from django.db import models
+from django.contrib import admin, messages
+from django.db import models, transaction
+from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from audit.actors import Actor
 from audit.services import audit_record
 from realtime_platform.admin_mixins import ReadOnlyAdmin
+from realtime_platform.errors import ApplicationError
 from realtime_platform.http import client_ip
 from tenants.models import ApiKey, Membership, Plan, QuotaOverride, SessionPolicy, Tenant, UpstreamCredential
-from tenants.services import tenant_set_status
+from tenants.services import (
+    membership_add,
+    membership_change_role,
+    membership_remove,
+    quota_override_update,
+    session_policy_update,
+    tenant_set_status,
+)
 
 
 def _actor(request: HttpRequest) -> Actor:
     return Actor.for_user(request.user, ip=client_ip(request.META))  # type: ignore[arg-type]
+
+
+def _shown(name: str, value: Any) -> str:
+    # A webhook URL often carries its secret in the path or query: record only where it points.
+    if name.endswith("_url") and value:
+        parts = urlsplit(str(value))
+        return f"{parts.scheme}://{parts.hostname or ''}/…"
+    return str(value)
 
 
 def _audit_form_changes(
@@ -23,44 +41,8 @@ def _audit_form_changes(
 ) -> None:
     changed = [name for name in form.changed_data if name != "status"]
     if changed:
-        details = {"changes": {name: str(form.cleaned_data.get(name)) for name in changed}}
+        details = {"changes": {name: _shown(name, form.cleaned_data.get(name)) for name in changed}}
         audit_record(tenant=tenant, actor=_actor(request), action=action, target=obj, details=details)
-
-
-# Inline rows the tenant page edits, and the audit action for each kind of change, named like the
-# services' own actions so the trail reads the same whichever door a change came through.
-_INLINE_ACTIONS: dict[type[models.Model], dict[str, str]] = {
-    SessionPolicy: {"added": "policy.changed", "changed": "policy.changed", "deleted": "policy.changed"},
-    QuotaOverride: {"added": "quota.changed", "changed": "quota.changed", "deleted": "quota.changed"},
-    Membership: {"added": "member.added", "changed": "member.role_changed", "deleted": "member.removed"},
-}
-
-
-def _audit_inline_changes(request: HttpRequest, tenant: Tenant, formset: Any) -> None:
-    """Audit what an operator changed in the tenant page's inlines, with before and after."""
-    actions = _INLINE_ACTIONS.get(formset.model)
-    if actions is None:
-        return
-    actor = _actor(request)
-    initial = {form.instance.pk: form.initial for form in formset.initial_forms}
-
-    def record(kind: str, obj: Any, details: dict[str, Any]) -> None:
-        if isinstance(obj, Membership):
-            details = {"user": obj.user.get_username(), "role": obj.role, **details}
-        audit_record(
-            tenant=tenant, actor=actor, action=actions[kind], target=obj, details={**details, "via": "admin"}
-        )
-
-    for obj in formset.new_objects:
-        record("added", obj, {})
-    for obj, fields in formset.changed_objects:
-        before = initial.get(obj.pk, {})
-        changes = {
-            name: {"before": str(before.get(name)), "after": str(getattr(obj, name))} for name in fields
-        }
-        record("changed", obj, {"changes": changes})
-    for obj in formset.deleted_objects:
-        record("deleted", obj, {})
 
 
 @admin.register(Plan)
@@ -71,6 +53,21 @@ class PlanAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     def save_model(self, request: HttpRequest, obj: Plan, form: Any, change: bool) -> None:
         super().save_model(request, obj, form, change)
         _audit_form_changes(request, obj, form, "plan.changed" if change else "plan.created", None)
+
+    def delete_model(self, request: HttpRequest, obj: Plan) -> None:
+        with transaction.atomic():
+            audit_record(
+                tenant=None,
+                actor=_actor(request),
+                action="plan.deleted",
+                target=obj,
+                details={"slug": obj.slug},
+            )
+            super().delete_model(request, obj)
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Plan]) -> None:
+        for plan in queryset:
+            self.delete_model(request, plan)
 
 
 class SessionPolicyInline(admin.StackedInline):  # type: ignore[type-arg]
@@ -89,6 +86,19 @@ class MembershipInline(admin.TabularInline):  # type: ignore[type-arg]
     autocomplete_fields = ("user",)
 
 
+def _apply_membership_form(request: HttpRequest, form: Any, tenant: Tenant, actor: Actor) -> None:
+    """One row of a membership form(set), through the services (validated and audited)."""
+    instance = form.instance
+    if form.cleaned_data.get("DELETE") and instance.pk is not None:
+        membership_remove(membership=instance, actor=actor)
+    elif instance.pk is None:
+        membership_add(
+            tenant=tenant, user=form.cleaned_data["user"], role=form.cleaned_data["role"], actor=actor
+        )
+    elif "role" in form.changed_data:
+        membership_change_role(membership=instance, role=form.cleaned_data["role"], actor=actor)
+
+
 @admin.register(Tenant)
 class TenantAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     list_display = ("slug", "name", "status", "plan", "upstream_mode", "created_at")
@@ -97,6 +107,10 @@ class TenantAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     readonly_fields = ("created_at", "suspended_at")
     inlines = (SessionPolicyInline, QuotaOverrideInline, MembershipInline)
     formfield_overrides = {models.URLField: {"assume_scheme": "https"}}  # webhooks are https
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        # Tenants are suspended, never deleted: their audit trail has to outlive them.
+        return False
 
     def save_model(self, request: HttpRequest, obj: Tenant, form: Any, change: bool) -> None:
         new_status = obj.status
@@ -110,8 +124,31 @@ class TenantAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         _audit_form_changes(request, obj, form, "tenant.updated" if change else "tenant.created", obj)
 
     def save_formset(self, request: HttpRequest, form: Any, formset: Any, change: bool) -> None:
-        super().save_formset(request, form, formset, change)  # inside the admin's transaction
-        _audit_inline_changes(request, form.instance, formset)
+        """Inline limits, policy and members go through their services, so the admin gets the
+        same validation and the same audit events as the console."""
+        tenant: Tenant = form.instance
+        actor = _actor(request)
+        model = formset.model
+        if model not in (SessionPolicy, QuotaOverride, Membership):
+            super().save_formset(request, form, formset, change)
+            return
+        # The admin's change message reads these; the services did the saving.
+        formset.new_objects, formset.changed_objects, formset.deleted_objects = [], [], []
+        try:
+            with transaction.atomic():
+                for inline in formset.forms:
+                    if not inline.has_changed() or not hasattr(inline, "cleaned_data"):
+                        continue
+                    if model is Membership:
+                        _apply_membership_form(request, inline, tenant, actor)
+                        continue
+                    values = {name: inline.cleaned_data[name] for name in inline.changed_data}
+                    if model is SessionPolicy:
+                        session_policy_update(tenant=tenant, actor=actor, values=values)
+                    else:
+                        quota_override_update(tenant=tenant, actor=actor, values=values)
+        except ApplicationError as exc:
+            messages.error(request, f"Not saved: {exc.message}")
 
 
 @admin.register(ApiKey)
@@ -130,28 +167,33 @@ class UpstreamCredentialAdmin(ReadOnlyAdmin):
 
 @admin.register(Membership)
 class MembershipAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+    """Members are added, re-roled and removed through the services (validated, audited); the
+    user and tenant of an existing membership are fixed."""
+
     list_display = ("user", "tenant", "role", "created_at")
     list_filter = ("role", "tenant")
     search_fields = ("user__username", "tenant__slug")
     autocomplete_fields = ("user",)
 
-    def _record(self, request: HttpRequest, obj: Membership, action: str, details: dict[str, Any]) -> None:
-        details = {"user": obj.user.get_username(), "role": obj.role, **details, "via": "admin"}
-        audit_record(tenant=obj.tenant, actor=_actor(request), action=action, target=obj, details=details)
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> tuple[str, ...]:
+        return ("user", "tenant") if obj is not None else ()
 
     def save_model(self, request: HttpRequest, obj: Membership, form: Any, change: bool) -> None:
-        super().save_model(request, obj, form, change)
-        if not change:
-            self._record(request, obj, "member.added", {})
-        elif "role" in form.changed_data:
-            role = {"before": form.initial.get("role"), "after": obj.role}
-            self._record(request, obj, "member.role_changed", {"role": role})
+        try:
+            if not change:
+                saved = membership_add(tenant=obj.tenant, user=obj.user, role=obj.role, actor=_actor(request))
+                obj.pk = saved.pk
+            elif "role" in form.changed_data:
+                membership_change_role(membership=obj, role=obj.role, actor=_actor(request))
+        except ApplicationError as exc:
+            messages.error(request, f"Not saved: {exc.message}")
 
     def delete_model(self, request: HttpRequest, obj: Membership) -> None:
-        self._record(request, obj, "member.removed", {})
-        super().delete_model(request, obj)
+        try:
+            membership_remove(membership=obj, actor=_actor(request))
+        except ApplicationError as exc:
+            messages.error(request, f"Not removed: {exc.message}")
 
-    def delete_queryset(self, request: HttpRequest, queryset: Any) -> None:
-        for membership in queryset.select_related("user", "tenant"):
-            self._record(request, membership, "member.removed", {})
-        super().delete_queryset(request, queryset)
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Membership]) -> None:
+        for membership in queryset:
+            self.delete_model(request, membership)

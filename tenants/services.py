@@ -71,8 +71,17 @@ def _changes(before: dict[str, Any], after: dict[str, Any]) -> dict[str, dict[st
 # --- Plans and tenants ------------------------------------------------------------------------
 
 
+@transaction.atomic
 def plan_get_or_create_default() -> Plan:
-    plan, _ = Plan.objects.get_or_create(slug=DEFAULT_PLAN["slug"], defaults=DEFAULT_PLAN)
+    plan, created = Plan.objects.get_or_create(slug=DEFAULT_PLAN["slug"], defaults=DEFAULT_PLAN)
+    if created:
+        audit_record(
+            tenant=None,
+            actor=Actor.system("default plan"),
+            action="plan.created",
+            target=plan,
+            details={name: _jsonable(value) for name, value in DEFAULT_PLAN.items()},
+        )
     return plan
 
 
@@ -600,12 +609,20 @@ def tenant_upstream_mode_set(*, tenant: Tenant, mode: str, actor: Actor) -> Tena
     return tenant
 
 
-def upstream_credential_reencrypt_all() -> int:
-    """Re-encrypt every stored credential under the newest key (after prepending a new one)."""
+def upstream_credential_reencrypt_all(*, actor: Actor | None = None) -> int:
+    """Re-encrypt every stored credential under the newest key (after prepending a new one).
+    Recorded once on the platform chain (no key material, only how many)."""
     count = 0
     for credential in UpstreamCredential.objects.only("pk", "ciphertext").iterator():
         UpstreamCredential.objects.filter(pk=credential.pk).update(
             ciphertext=crypto.rotate(credential.ciphertext)
         )
         count += 1
+    audit_record(
+        tenant=None,
+        actor=actor or Actor.system("upstream credential re-encryption"),
+        action="upstream_credential.reencrypted",
+        target_type="tenants.upstreamcredential",
+        details={"credentials": count},
+    )
     return count

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -18,6 +19,7 @@ from tenants.models import ApiKey, Tenant
 from tenants.selectors import EffectiveLimits, tenant_limits
 from usage.models import Metric, QuotaCounter, UsageEvent
 from usage.pricing import TokenUsage, cost_of, to_microusd
+from usage.rollups import rollup_mark_pending
 
 logger = logging.getLogger(__name__)
 
@@ -179,6 +181,22 @@ def quota_release(*, reservation: Reservation) -> None:
             ).update(used=Greatest(F("used") - reservation.amount, 0), updated_at=timezone.now())
 
 
+def quota_release_sessions(*, tenant_counts: Mapping[int, int], key_counts: Mapping[int, int]) -> None:
+    """Give back concurrency slots in bulk (the stale-session sweep): `tenant_counts` maps tenant
+    id to slots, `key_counts` maps API key id to slots for keys whose own counter was debited.
+    Call it in the transaction that ended those sessions, and only for sessions that transaction
+    actually moved from active to ended, so a slot is never released twice."""
+    now = timezone.now()
+    for tenant_id, count in sorted(tenant_counts.items()):
+        QuotaCounter.objects.filter(**_counter_filter(tenant_id, None, Metric.SESSIONS, NO_PERIOD)).update(
+            used=Greatest(F("used") - count, 0), updated_at=now
+        )
+    for api_key_id, count in sorted(key_counts.items()):
+        QuotaCounter.objects.filter(
+            api_key_id=api_key_id, metric=Metric.SESSIONS, period_start=NO_PERIOD
+        ).update(used=Greatest(F("used") - count, 0), updated_at=now)
+
+
 def quota_used(
     *, tenant: Tenant, metric: str, api_key: ApiKey | None = None, now: datetime | None = None
 ) -> int:
@@ -262,6 +280,7 @@ def usage_record(
                 audio_out_ms=audio_out_ms,
                 cost_usd=cost,
             )
+            rollup_mark_pending(tenant_id=tenant.pk, occurred_at=occurred_at)
             exhausted: list[str] = []
             if charge:
                 limits = tenant_limits(tenant=tenant)

@@ -19,7 +19,6 @@ from relay.services import (
     relay_session_heartbeat,
     relay_session_meter,
     relay_session_open,
-    relay_sessions_end_stale,
 )
 from relay.tests.conftest import make_relay_token
 from relay.tests.fakes import USAGE, FakeConnector
@@ -203,14 +202,18 @@ def test_end_records_counters_charges_leftover_audio_and_is_safe_twice(tenant, a
 
 
 def test_stale_sweep_and_relay_end_release_the_slot_once(tenant, api_key):
+    """The relay and the stale-session sweep (relay/sweeps.py) agree through the model: whoever
+    moves the row from active to ended releases the slot; the other releases nothing."""
+    from relay.sweeps import realtime_session_stale_sweep
+
     stale = relay_session_open(credential=api_key.plaintext, model="gpt-realtime")
     fresh = relay_session_open(credential=api_key.plaintext, model="gpt-realtime")
     assert slots(tenant) == 2
     RealtimeSession.objects.filter(pk=stale.session_id).update(
         last_seen_at=timezone.now() - timedelta(minutes=10)
     )
-    assert relay_sessions_end_stale(seen_before=timezone.now() - timedelta(minutes=1)) == 1
-    assert relay_sessions_end_stale(seen_before=timezone.now() - timedelta(minutes=1)) == 0
+    assert realtime_session_stale_sweep() == 1
+    assert realtime_session_stale_sweep() == 0
     assert slots(tenant) == 1
     # the relay process was alive after all: its own end keeps the counters, releases nothing more
     relay_session_end(
@@ -222,3 +225,8 @@ def test_stale_sweep_and_relay_end_release_the_slot_once(tenant, api_key):
     assert slots(tenant) == 1
     assert heartbeat(stale.session_id).active is False
     assert RealtimeSession.objects.get(pk=fresh.session_id).status == RealtimeSession.Status.ACTIVE
+
+
+def test_a_live_session_is_never_stale(tenant, api_key, settings):
+    """The relay's heartbeat keeps last_seen_at well inside the sweep's window."""
+    assert settings.RELAY_SESSION_STALE_SECONDS >= 3 * settings.RELAY_HEARTBEAT_SECONDS

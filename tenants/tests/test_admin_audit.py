@@ -1,120 +1,129 @@
-"""Operators' edits in the Django admin leave the same audit trail as the console's: changing a
-tenant's session policy, limits or members inline, or a membership on its own page."""
+"""Changes made in the Django admin go through the services, so they are validated and audited
+like any other."""
 
 from __future__ import annotations
 
-from html.parser import HTMLParser
+from typing import Any
 
 import pytest
-from django.test import Client
-from django.urls import reverse
 
+from audit.actors import Actor
+from audit.chain import PLATFORM_CHAIN
 from audit.models import AuditEvent
-from tenants.models import Membership, Role, SessionPolicy
+from tenants.models import Membership, Role, SessionPolicy, Tenant
+from tenants.services import (
+    plan_get_or_create_default,
+    upstream_credential_reencrypt_all,
+    upstream_credential_set,
+)
 from tenants.tests.factories import UserFactory
 
-
-class FormValues(HTMLParser):
-    """What a browser would submit for the page's main form (the one whose id is given)."""
-
-    def __init__(self, form_id: str) -> None:
-        super().__init__()
-        self.form_id = form_id
-        self.inside = False
-        self.values: dict[str, list[str]] = {}
-        self._select: str | None = None
-        self._textarea: str | None = None
-
-    def handle_starttag(self, tag, attrs):
-        attrs = dict(attrs)
-        if tag == "form":
-            self.inside = attrs.get("id") == self.form_id
-        if not self.inside or ("name" not in attrs and tag != "option"):
-            return
-        name = attrs.get("name")
-        if tag == "input":
-            kind = attrs.get("type", "text")
-            if kind in ("checkbox", "radio") and "checked" not in attrs:
-                return
-            if kind not in ("submit", "button", "file"):
-                self.values.setdefault(name, []).append(
-                    attrs.get("value", "on" if kind == "checkbox" else "")
-                )
-        elif tag == "select":
-            self._select = name
-            self.values.setdefault(name, [])
-        elif tag == "option" and self._select and "selected" in attrs:
-            self.values[self._select].append(attrs.get("value", ""))
-        elif tag == "textarea":
-            self._textarea = name
-            self.values[name] = [""]
-
-    def handle_data(self, data):
-        if self._textarea:
-            self.values[self._textarea][0] += data
-
-    def handle_endtag(self, tag):
-        if tag == "select":
-            self._select = None
-        elif tag == "textarea":
-            self._textarea = None
-        elif tag == "form":
-            self.inside = False
-
-
-def form_values(html: str, form_id: str) -> dict[str, list[str]]:
-    parser = FormValues(form_id)
-    parser.feed(html)
-    # a textarea's first newline is not part of its value
-    return {k: [v[1:] if v.startswith("\n") else v for v in vs] for k, vs in parser.values.items()}
+pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def operator_client(db):
-    client = Client()
-    client.force_login(UserFactory(username="ops", is_staff=True, is_superuser=True))
-    return client
+def operator(client):
+    user = UserFactory(username="ops", is_staff=True, is_superuser=True)
+    client.force_login(user)
+    return user
 
 
-@pytest.mark.django_db
-def test_inline_edits_on_the_tenant_page_are_audited_with_before_and_after(
-    operator_client, tenant, owner, viewer
+def form_data(response: Any) -> dict[str, Any]:
+    """The POST data an operator's browser would send back unchanged for an admin change form."""
+    data: dict[str, Any] = {}
+
+    def add(form: Any) -> None:
+        for name in form.fields:
+            value = form[name].value()  # already as the widget renders it
+            if value is None or value is False:
+                continue
+            data[form.add_prefix(name)] = "on" if value is True else value
+
+    add(response.context["adminform"].form)
+    for inline in response.context["inline_admin_formsets"]:
+        formset = inline.formset
+        for name, value in formset.management_form.initial.items():
+            data[f"{formset.prefix}-{name}"] = value
+        for form in formset.forms:
+            add(form)
+    return data
+
+
+def events(action):
+    return list(AuditEvent.objects.filter(action=action).order_by("seq"))
+
+
+def test_policy_limits_and_members_changed_inline_are_validated_and_audited(
+    client, operator, tenant, owner, viewer
 ):
-    url = reverse("admin:tenants_tenant_change", args=[tenant.pk])
-    data = form_values(operator_client.get(url).content.decode(), "tenant_form")
-    policy_prefix = "session_policy"
-    data[f"{policy_prefix}-0-ttl_max_seconds"] = ["900"]
-    viewer_row = next(
-        key.rsplit("-", 1)[0]
-        for key, value in data.items()
-        if key.startswith("memberships-")
-        and key.endswith("-id")
-        and value == [str(Membership.objects.get(user=viewer).pk)]
+    url = f"/admin/tenants/tenant/{tenant.pk}/change/"
+    data = form_data(client.get(url))
+    data["session_policy-0-ttl_max_seconds"] = "300"
+    data["quota_override-0-secrets_per_day"] = "50"
+    member = Membership.objects.get(user=viewer, tenant=tenant)
+    index = next(i for i in range(10) if data.get(f"memberships-{i}-id") == member.pk)
+    data[f"memberships-{index}-role"] = Role.COMPLIANCE
+    response = client.post(url, data)
+    assert response.status_code == 302, response.content[:2000]
+    policy = events("policy.changed")[-1]
+    assert policy.details["changes"]["ttl_max_seconds"] == {"before": 600, "after": 300}
+    assert policy.actor_label == "ops"
+    assert events("quota.changed")[-1].details["changes"]["secrets_per_day"] == {"before": None, "after": 50}
+    assert events("member.role_changed")[-1].details["role"] == {"before": "viewer", "after": "compliance"}
+
+    data = form_data(client.get(url))
+    data["session_policy-0-ttl_max_seconds"] = "99999"  # above the plan's bound
+    response = client.post(url, data, follow=True)
+    assert b"Not saved: ttl_max_seconds cannot exceed" in response.content
+    assert SessionPolicy.objects.get(tenant=tenant).ttl_max_seconds == 300
+
+
+def test_members_added_and_removed_in_the_admin_are_audited_and_the_last_owner_stays(
+    client, operator, tenant, owner
+):
+    newcomer = UserFactory(username="nina")
+    response = client.post(
+        "/admin/tenants/membership/add/", {"user": newcomer.pk, "tenant": tenant.pk, "role": Role.ADMIN}
     )
-    data[f"{viewer_row}-role"] = [Role.COMPLIANCE]
-    response = operator_client.post(url, data)
-    assert response.status_code == 302, response.content.decode()[:3000]
-
-    assert SessionPolicy.objects.get(tenant=tenant).ttl_max_seconds == 900
-    policy_event = AuditEvent.objects.filter(tenant=tenant, action="policy.changed").latest("id")
-    assert policy_event.details["changes"]["ttl_max_seconds"] == {"before": "600", "after": "900"}
-    assert policy_event.details["via"] == "admin"
-    assert policy_event.actor_label == "ops"
-    role_event = AuditEvent.objects.filter(tenant=tenant, action="member.role_changed").latest("id")
-    assert role_event.details["user"] == "victor"
-    assert role_event.details["changes"]["role"] == {"before": "viewer", "after": "compliance"}
+    assert response.status_code == 302
+    added = Membership.objects.get(user=newcomer, tenant=tenant)
+    assert events("member.added")[-1].details == {"user": "nina", "role": "admin"}
+    response = client.post(f"/admin/tenants/membership/{added.pk}/delete/", {"post": "yes"})
+    assert response.status_code == 302
+    assert events("member.removed")[-1].details == {"user": "nina", "role": "admin"}
+    last_owner = Membership.objects.get(user=owner, tenant=tenant)
+    response = client.post(f"/admin/tenants/membership/{last_owner.pk}/delete/", {"post": "yes"}, follow=True)
+    assert b"Not removed: The last owner cannot be removed." in response.content
+    assert Membership.objects.filter(pk=last_owner.pk).exists()
 
 
-@pytest.mark.django_db
-def test_membership_page_edits_are_audited(operator_client, tenant, viewer):
-    membership = Membership.objects.get(user=viewer)
-    url = reverse("admin:tenants_membership_change", args=[membership.pk])
-    data = form_values(operator_client.get(url).content.decode(), "membership_form")
-    data["role"] = [Role.ADMIN]
-    assert operator_client.post(url, data).status_code == 302
-    event = AuditEvent.objects.filter(tenant=tenant, action="member.role_changed").latest("id")
-    assert event.details["role"] == {"before": "viewer", "after": "admin"}
-    delete_url = reverse("admin:tenants_membership_delete", args=[membership.pk])
-    assert operator_client.post(delete_url, {"post": "yes"}).status_code == 302
-    assert AuditEvent.objects.filter(tenant=tenant, action="member.removed", details__user="victor").exists()
-    assert not Membership.objects.filter(pk=membership.pk).exists()
+def test_tenants_cannot_be_deleted_from_the_admin(client, operator, tenant):
+    response = client.post(f"/admin/tenants/tenant/{tenant.pk}/delete/", {"post": "yes"})
+    assert response.status_code == 403
+    assert Tenant.objects.filter(pk=tenant.pk).exists()
+
+
+def test_a_webhook_url_is_recorded_without_its_secret_parts(client, operator, tenant):
+    url = f"/admin/tenants/tenant/{tenant.pk}/change/"
+    data = form_data(client.get(url))
+    data["alert_webhook_url"] = "https://hooks.example.com/services/T000/B000/s3cr3tT0k3n?sig=abc"
+    assert client.post(url, data).status_code == 302
+    event = events("tenant.updated")[-1]
+    assert event.details["changes"]["alert_webhook_url"] == "https://hooks.example.com/…"
+    assert "s3cr3t" not in str(AuditEvent.objects.values_list("details", flat=True))
+
+
+def test_re_encrypting_credentials_is_audited_without_key_material(tenant):
+    secret = "sk-proj-" + "q" * 40
+    upstream_credential_set(tenant=tenant, secret=secret, actor=Actor.system("tests"))
+    assert upstream_credential_reencrypt_all() == 1
+    event = AuditEvent.objects.get(action="upstream_credential.reencrypted")
+    assert (event.chain, event.details) == (PLATFORM_CHAIN, {"credentials": 1})
+
+
+def test_the_default_plan_is_audited_when_first_created(db):
+    plan = plan_get_or_create_default()
+    plan_get_or_create_default()
+    created = AuditEvent.objects.filter(action="plan.created", target_id=str(plan.pk))
+    assert created.count() == 1
+    assert created.get().chain == PLATFORM_CHAIN

@@ -4,6 +4,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand
 
+from audit.actors import Actor
 from tenants.services import upstream_credential_reencrypt_all
 
 
@@ -14,5 +15,5 @@ class Command(BaseCommand):
     )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        count = upstream_credential_reencrypt_all()
+        count = upstream_credential_reencrypt_all(actor=Actor.system("manage.py rotate_encryption_keys"))
         self.stdout.write(f"re-encrypted {count} credential(s)")
