@@ -25,3 +25,6 @@ def allow_test_database_flush(connection: Any) -> None:
             cursor.execute("SET rtp.audit_allow_truncate = 'on'")
         elif connection.vendor == "sqlite":
             cursor.execute("INSERT INTO audit_purge_gate (kind) VALUES ('flush')")
+    if connection.vendor == "postgresql" and getattr(connection, "pool", None) is not None:
+        # Pooled connections opened before the ALTER DATABASE would not see the new default.
+        connection.close_pool()

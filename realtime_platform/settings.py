@@ -171,6 +171,9 @@ if not REDIS_URL:
         "processed_folder": str(CELERY_EMBEDDED_BROKER_DIR / "processed"),
         "control_folder": str(CELERY_EMBEDDED_BROKER_DIR / "control"),
         "store_processed": False,
+        # The folder is polled; each poll takes about one message, so poll often (a directory
+        # listing is cheap) to keep up with every beat entry plus the tasks requests enqueue.
+        "polling_interval": 0.2,
     }
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
 CELERY_TASK_ACKS_LATE = True  # tasks are idempotent; a worker lost mid-task means the task runs again

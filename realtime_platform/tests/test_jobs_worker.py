@@ -137,8 +137,9 @@ def test_a_worker_on_the_redis_broker_runs_the_jobs(tenant, tmp_path):
 def test_make_runs_embedded_worker_and_beat_fire_every_job(tenant, tmp_path, monkeypatch, settings):
     """`manage.py serve` starts this exact worker (with --beat) beside daphne. With no REDIS_URL
     its broker is a folder; every beat entry fires and its task succeeds, end to end up to a signed
-    quota alert reaching a local webhook. Intervals are shortened to 4 s: the folder broker is
-    polled about once a second, which the real schedule (about one message per 10 s) never nears."""
+    quota alert reaching a local webhook. Intervals are shortened to 6 s (about two messages a
+    second for the folder broker, polled five times a second; the real schedule sends about one
+    message per 10 s)."""
     from realtime_platform.management.commands.serve import Command as Serve
 
     settings.ALERT_WEBHOOK_ALLOW_PRIVATE = True
@@ -146,7 +147,7 @@ def test_make_runs_embedded_worker_and_beat_fire_every_job(tenant, tmp_path, mon
     secret, session = seed(tenant)
     quota_override_update(tenant=tenant, actor=Actor.system("tests"), values={"tokens_per_month": 1000})
     quota_reserve(tenant=tenant, metric=Metric.TOKENS, amount=600)
-    intervals = ",".join(f"{name}=4" for name in django_settings.BEAT_JOBS)
+    intervals = ",".join(f"{name}=6" for name in django_settings.BEAT_JOBS)
     for name, value in {
         "DATABASE_URL": test_database_url(),
         "REDIS_URL": "",
