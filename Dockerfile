@@ -1,4 +1,5 @@
-# Production image: daphne serves HTTP + WebSocket; the same image runs the Celery worker and beat.
+# Production image: `manage.py serve` runs uvicorn or daphne (RTP_ASGI_SERVER) for HTTP + WebSocket;
+# the same image runs the Celery worker and beat.
 FROM python:3.11-slim AS base
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -21,4 +22,5 @@ USER rtp
 EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=5s --start-period=20s \
   CMD python -c "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4).status == 200 else 1)"
-CMD ["daphne", "--bind", "0.0.0.0", "--port", "8000", "--proxy-headers", "realtime_platform.asgi:application"]
+ENV RTP_ASGI_SERVER=uvicorn
+CMD ["python", "manage.py", "serve", "--no-worker", "--host", "0.0.0.0", "--port", "8000", "--proxy-headers"]

@@ -8,6 +8,7 @@ import sys
 
 BENCHMARKS = {
     "emulator": "bench.emulator",  # the OpenAI emulator's own REST and WebSocket rates vs bare daphne
+    "relay": "bench.relay",  # latency the relay adds (daphne and uvicorn) vs a direct emulator session
     "issuance": "bench.issuance",  # POST /v1/realtime/client_secrets: platform vs direct-to-emulator
     "audit": "bench.audit",  # audit trail: export vs COPY, export RSS, recorder and verifier rates
     "jobs": "bench.jobs",  # expiry sweep vs one UPDATE, rollup vs one INSERT…SELECT, task memory

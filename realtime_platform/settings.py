@@ -333,6 +333,22 @@ LOGGING = {
     },
 }
 
+# --- Relay (/v1/realtime) -----------------------------------------------------------------------
+# README "Relay" explains each; relay/core.py RelayLimits holds the same defaults.
+RELAY_MAX_EVENT_BYTES = env_int("RTP_RELAY_MAX_EVENT_BYTES", 1024 * 1024)  # bigger: error event, dropped
+RELAY_MAX_FRAME_BYTES = env_int("RTP_RELAY_MAX_FRAME_BYTES", 2 * 1024 * 1024)  # bigger: error, close 1009
+RELAY_SLOW_CLIENT_SECONDS = float(env_str("RTP_RELAY_SLOW_CLIENT_SECONDS", "5"))  # not reading: close 1013
+RELAY_HEARTBEAT_SECONDS = float(env_str("RTP_RELAY_HEARTBEAT_SECONDS", "10"))  # last_seen_at, quota checks
+RELAY_INBOUND_QUEUE = env_int("RTP_RELAY_INBOUND_QUEUE", 32)  # received frames waiting before reads pause
+# Keepalive pings to clients (dead peers are dropped within interval + timeout + 2 s) and the
+# servers' own message-size limit, set above RELAY_MAX_FRAME_BYTES so the relay's 1009 answers first.
+RELAY_PING_INTERVAL = float(env_str("RTP_RELAY_PING_INTERVAL", "10"))
+RELAY_PING_TIMEOUT = float(env_str("RTP_RELAY_PING_TIMEOUT", "15"))
+RELAY_SERVER_MAX_MESSAGE_BYTES = 2 * RELAY_MAX_FRAME_BYTES
+ASGI_SERVER = env_str("RTP_ASGI_SERVER", "daphne")  # `manage.py serve`: daphne or uvicorn
+if ASGI_SERVER not in {"daphne", "uvicorn"}:
+    raise ImproperlyConfigured("RTP_ASGI_SERVER must be 'daphne' or 'uvicorn'")
+
 # --- Background jobs: beat schedule, sweeps, rollups, alerts, retention ------------------------
 # The schedule is these settings, not django-celery-beat: it is reviewed with the code, needs no
 # extra tables or admin, and runs unchanged under the embedded beat (`make run`). Operators tune
@@ -375,11 +391,12 @@ CELERY_BEAT_SCHEDULE = {
 }
 
 # A relay session whose process has not touched last_seen_at for this long is ended as "stale"
-# and its concurrency slot released; the relay touches it every RELAY_HEARTBEAT_SECONDS.
-RELAY_HEARTBEAT_SECONDS = 30
+# and its concurrency slot released; the relay touches it every RELAY_HEARTBEAT_SECONDS (above).
 RELAY_SESSION_STALE_SECONDS = env_int("RTP_RELAY_STALE_SECONDS", 120)
 if RELAY_SESSION_STALE_SECONDS < 2 * RELAY_HEARTBEAT_SECONDS:
-    raise ImproperlyConfigured("RTP_RELAY_STALE_SECONDS must be at least two relay heartbeats (60)")
+    raise ImproperlyConfigured(
+        f"RTP_RELAY_STALE_SECONDS must be at least two relay heartbeats ({2 * RELAY_HEARTBEAT_SECONDS:g} s)"
+    )
 # work_mem of a rollup transaction on PostgreSQL (its GROUP BY sorts up to a batch of events).
 ROLLUP_WORK_MEM = env_str("RTP_ROLLUP_WORK_MEM", "64MB")
 # Quota counter rows (and alert records) of periods that ended longer ago than this are deleted;

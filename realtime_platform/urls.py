@@ -19,6 +19,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("console/", include("realtime_platform.console_urls")),
     path("api/v1/", include("tenants.api_urls")),
+    path("api/v1/", include("relay.urls")),
     path("api/v1/", include(api_urlpatterns)),
     path("v1/", include(v1_urlpatterns)),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),

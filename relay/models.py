@@ -17,6 +17,10 @@ class RealtimeSession(models.Model):
         ACTIVE = "active", "Active"
         ENDED = "ended", "Ended"
 
+    class Credential(models.TextChoices):
+        API_KEY = "api_key", "Tenant API key"
+        RELAY_TOKEN = "relay_token", "Relay token"
+
     id = models.CharField(primary_key=True, max_length=32, default=new_session_id, editable=False)
     tenant = models.ForeignKey("tenants.Tenant", on_delete=models.CASCADE, related_name="realtime_sessions")
     api_key = models.ForeignKey(
@@ -29,6 +33,12 @@ class RealtimeSession(models.Model):
         on_delete=models.SET_NULL,
         related_name="realtime_sessions",
     )
+    credential = models.CharField(max_length=16, choices=Credential.choices, default=Credential.API_KEY)
+    client_ip = models.GenericIPAddressField(null=True, blank=True)
+    # An ACTIVE session holds one concurrency slot: the tenant's counter, and also its API key's
+    # when the key has its own concurrent-session limit (then slot_key_held). Whoever moves the row
+    # from ACTIVE to ENDED (the relay, or the stale-session sweep) releases exactly that, once.
+    slot_key_held = models.BooleanField(default=False)
     model = models.CharField(max_length=100)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
     started_at = models.DateTimeField(default=timezone.now)

@@ -1,7 +1,13 @@
-"""WebSocket routes (the relay consumer for /v1/realtime)."""
+"""WebSocket routes: the relay consumer for /v1/realtime (what `client.realtime.connect()` dials)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-websocket_urlpatterns: list[Any] = []
+from django.urls import path
+
+from relay.consumers import RelayConsumer
+
+websocket_urlpatterns: list[Any] = [
+    path("v1/realtime", RelayConsumer.as_asgi()),
+]

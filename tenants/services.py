@@ -131,7 +131,20 @@ def tenant_set_status(*, tenant: Tenant, status: str, actor: Actor, reason: str 
         target=tenant,
         details={"status": {"before": before, "after": status}, "reason": reason},
     )
+    if status == Tenant.Status.SUSPENDED:
+        _close_relay_sessions_on_commit(tenant_id=tenant.pk, reason="tenant_suspended")
     return tenant
+
+
+def _close_relay_sessions_on_commit(*, tenant_id: int, reason: str, api_key_id: int | None = None) -> None:
+    """Live relayed sessions end once the change is committed (the relay's kill switch)."""
+
+    def close() -> None:
+        from relay.services import relay_terminate_sessions  # relay depends on tenants, not back
+
+        relay_terminate_sessions(tenant_id=tenant_id, api_key_id=api_key_id, reason=reason)
+
+    transaction.on_commit(close)
 
 
 # --- Members ----------------------------------------------------------------------------------
@@ -320,6 +333,7 @@ def api_key_rotate(*, api_key: ApiKey, actor: Actor, grace_seconds: int = 0) -> 
     if grace_seconds == 0:
         old.revoked_at = now
         old.save(update_fields=["revoked_at"])
+        _close_relay_sessions_on_commit(tenant_id=old.tenant_id, api_key_id=old.pk, reason="key_revoked")
     else:
         cutoff = now + timedelta(seconds=grace_seconds)
         old.expires_at = min(old.expires_at, cutoff) if old.expires_at else cutoff
@@ -347,6 +361,7 @@ def api_key_revoke(*, api_key: ApiKey, actor: Actor) -> ApiKey:
         target=api_key,
         details={"prefix": api_key.prefix, "name": api_key.name},
     )
+    _close_relay_sessions_on_commit(tenant_id=api_key.tenant_id, api_key_id=api_key.pk, reason="key_revoked")
     return api_key
 
 

@@ -449,6 +449,15 @@ def client_secret_revoke(*, secret: ClientSecret, actor: Actor) -> ClientSecret:
         details={"kind": secret.kind, "status_before": before, "last_four": secret.last_four},
     )
     logger.info("client secret revoked tenant=%s secret=%s", secret.tenant_id, secret.pk)
+    if secret.kind == ClientSecret.Kind.RELAY:
+        tenant_id, secret_id = secret.tenant_id, secret.pk
+
+        def close_its_session() -> None:  # a live relayed session opened with it ends (kill switch)
+            from relay.services import relay_terminate_sessions
+
+            relay_terminate_sessions(tenant_id=tenant_id, client_secret_id=secret_id, reason="secret_revoked")
+
+        transaction.on_commit(close_its_session)
     return secret
 
 EXPIRE_BATCH = 50_000

@@ -102,10 +102,13 @@ class ServerThread:
         *,
         websocket_max_message_size: int = 1024 * 1024,
         websocket_max_frame_size: int = 1024 * 1024,
+        **server_options: Any,
     ) -> None:
+        """`server_options`: other daphne `Server` arguments (e.g. `ping_interval`, `ping_timeout`)."""
         self.application = application
         self.websocket_max_message_size = websocket_max_message_size
         self.websocket_max_frame_size = websocket_max_frame_size
+        self.server_options = server_options
         self.host = "127.0.0.1"
         self.port = 0
         self._server: Any = None
@@ -116,6 +119,7 @@ class ServerThread:
             self.application,
             websocket_max_message_size=self.websocket_max_message_size,
             websocket_max_frame_size=self.websocket_max_frame_size,
+            **self.server_options,
         )
         self.port = ReactorThread.call(self._server.listen, self.host)
         return self
