@@ -73,8 +73,11 @@ AUDIT_ROLES: frozenset[str] = frozenset({Role.OWNER, Role.ADMIN, Role.COMPLIANCE
 ROLE_DESCRIPTIONS = {
     Role.OWNER: "Everything an admin can do, and manage owners.",
     Role.ADMIN: "Manage API keys, limits, session policy and members (except owners).",
-    Role.COMPLIANCE: "Read the audit trail, exports, API keys and members; change nothing.",
-    Role.VIEWER: "Read the overview and usage dashboards.",
+    Role.COMPLIANCE: (
+        "Read and export the audit trail, and read usage, API keys, client secrets, live sessions and "
+        "members; change nothing."
+    ),
+    Role.VIEWER: "Read the overview and the usage dashboard.",
 }
 
 
@@ -95,6 +98,7 @@ NAV: tuple[NavItem, ...] = (
     NavItem("quotas", "Quotas & policy", "console:quotas", MANAGE_ROLES),
     NavItem("keys", "API keys", "console:keys", AUDIT_ROLES),
     NavItem("secrets", "Client secrets", "console:secrets", AUDIT_ROLES),
+    NavItem("sessions", "Live sessions", "console:sessions", AUDIT_ROLES),
     NavItem("members", "Members", "console:members", AUDIT_ROLES),
     NavItem("audit", "Audit trail", "console:audit", AUDIT_ROLES),
 )

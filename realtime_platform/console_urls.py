@@ -20,5 +20,6 @@ urlpatterns = [
     path("<slug:tenant_slug>/", include("tenants.console_urls")),
     path("<slug:tenant_slug>/usage/", include("usage.console_urls")),
     path("<slug:tenant_slug>/secrets/", include("tokens.console_urls")),
+    path("<slug:tenant_slug>/sessions/", include("relay.console_urls")),
     path("<slug:tenant_slug>/audit/", include("audit.console_urls")),
 ]

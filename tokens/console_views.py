@@ -86,7 +86,8 @@ def secret_revoke(request: HttpRequest, console: Console, secret_id: str) -> Htt
     if secret.kind == ClientSecret.Kind.RELAY:
         messages.success(
             request,
-            f"Secret {secret.pk} (…{secret.last_four}) is revoked: it can no longer open a session.",
+            f"Secret {secret.pk} (…{secret.last_four}) is revoked: it can no longer open a session, "
+            "and a live session it opened is being ended.",
         )
     else:
         until = date_format(timezone.localtime(secret.expires_at), "Y-m-d H:i")

@@ -18,6 +18,7 @@ from audit.models import AuditEvent
 from audit.selectors import audit_chain_head
 from audit.tests.conftest import record_many
 from conftest import make_key
+from relay.models import RealtimeSession
 from tenants.models import ApiKey, Membership, QuotaOverride, Role, SessionPolicy, UpstreamCredential
 from tenants.tests.factories import MembershipFactory, UserFactory
 from tokens.models import ClientSecret
@@ -41,6 +42,8 @@ class World:
     secret: ClientSecret
     other_secret: ClientSecret
     other_seq: int  # an audit event of the other tenant whose seq the tenant's chain has not reached
+    session: RealtimeSession  # live
+    other_session: RealtimeSession
 
 
 @pytest.fixture
@@ -70,6 +73,10 @@ def world(tenant, other_tenant, owner, admin_user, compliance_user, viewer, outs
         secret=ClientSecretFactory(tenant=tenant, api_key=key),
         other_secret=ClientSecretFactory(tenant=other_tenant, api_key=other_key),
         other_seq=other_seq,
+        session=RealtimeSession.objects.create(tenant=tenant, api_key=key, model="gpt-realtime"),
+        other_session=RealtimeSession.objects.create(
+            tenant=other_tenant, api_key=other_key, model="gpt-realtime"
+        ),
     )
 
 
@@ -103,6 +110,7 @@ def state(world: World) -> dict[str, Any]:
             )
         ),
         "secrets": list(ClientSecret.objects.order_by("pk").values_list("pk", "status", "revoked_at")),
+        "sessions": list(RealtimeSession.objects.order_by("pk").values_list("pk", "status", "ended_at")),
         "audit": AuditEvent.objects.count(),
     }
 
@@ -155,6 +163,10 @@ PAGES: list[tuple[str, str, set[str], Any]] = [
     ("secrets", "", AUDIT, None),
     ("secrets", "?status=active&kind=relay", AUDIT, None),
     ("secret-revoke", "secret", MANAGE, {}),
+    ("sessions", "", AUDIT, None),
+    ("sessions", "?status=all&credential=api_key", AUDIT, None),
+    ("session-terminate", "session", MANAGE, {}),
+    ("sessions-terminate-all", "", MANAGE, {}),
     ("audit", "", AUDIT, None),
     ("audit", "?action=key.created", AUDIT, None),
     ("audit-event", "seq", AUDIT, None),
@@ -173,6 +185,8 @@ def url_of(world: World, name: str, arg: str, tenant: Any = None) -> str:
         args.append(world.target.pk)
     elif arg == "secret":
         args.append(world.secret.pk)
+    elif arg == "session":
+        args.append(world.session.pk)
     elif arg == "seq":
         args.append(1)
     query = arg if arg.startswith("?") else ""
@@ -185,6 +199,7 @@ def foreign_and_missing(world: World, arg: str) -> tuple[Any, Any]:
         "key": (world.other_key.pk, 999_999),
         "target": (world.other_member.pk, 999_999),
         "secret": (world.other_secret.pk, "cs_doesNotExist000000000"),
+        "session": (world.other_session.pk, "rs_doesNotExist000000000"),
         "seq": (world.other_seq, 999_999),
     }[arg]
 
@@ -278,28 +293,24 @@ def test_post_without_csrf_token_is_refused_and_changes_nothing(world):
     assert state(world) == before
 
 
+ALL_PAGES = (
+    "Overview",
+    "Usage",
+    "Quotas & policy",
+    "API keys",
+    "Client secrets",
+    "Live sessions",
+    "Members",
+    "Audit trail",
+)
+
+
 @pytest.mark.django_db
 def test_navigation_shows_each_role_only_what_it_may_open(world):
     expected = {
-        "owner": [
-            "Overview",
-            "Usage",
-            "Quotas & policy",
-            "API keys",
-            "Client secrets",
-            "Members",
-            "Audit trail",
-        ],
-        "admin": [
-            "Overview",
-            "Usage",
-            "Quotas & policy",
-            "API keys",
-            "Client secrets",
-            "Members",
-            "Audit trail",
-        ],
-        "compliance": ["Overview", "Usage", "API keys", "Client secrets", "Members", "Audit trail"],
+        "owner": list(ALL_PAGES),
+        "admin": list(ALL_PAGES),
+        "compliance": [page for page in ALL_PAGES if page != "Quotas & policy"],
         "viewer": ["Overview", "Usage"],
     }
     for principal, labels in expected.items():

@@ -35,7 +35,16 @@ def test_sign_in_and_see_the_overview(console_page, owner, tenant):
     expect(page).to_have_url(re.compile(rf"/console/{tenant.slug}/$"))
     expect(page.get_by_role("heading", name="Overview", level=1)).to_be_visible()
     expect(page.get_by_role("navigation", name="Console sections").get_by_role("link")).to_have_text(
-        ["Overview", "Usage", "Quotas & policy", "API keys", "Client secrets", "Members", "Audit trail"]
+        [
+            "Overview",
+            "Usage",
+            "Quotas & policy",
+            "API keys",
+            "Client secrets",
+            "Live sessions",
+            "Members",
+            "Audit trail",
+        ]
     )
     expect(page.locator("meter")).to_have_count(5)
     expect(page.get_by_text("0 of 10,000 (0%)")).to_be_visible()
@@ -150,6 +159,7 @@ def test_viewer_cannot_reach_admin_actions(sign_in_as, viewer, tenant):
         "members/",
         f"keys/{key.pk}/settings/",
         "secrets/",
+        "sessions/",
         "audit/",
         "audit/integrity/",
     )

@@ -146,7 +146,9 @@ def test_revoking_a_relay_secret_is_audited_as_the_user_and_returns_to_the_same_
     assert (event.actor_type, event.actor_label, event.ip) == ("user", "alice", "203.0.113.9")
     assert (event.target_type, event.target_id) == ("tokens.clientsecret", secret.pk)
     page = client.get(url(tenant, "secrets"))
-    assert "is revoked: it can no longer open a session" in page.content.decode()
+    assert (
+        "is revoked: it can no longer open a session, and a live session it opened" in page.content.decode()
+    )
 
     again = client.post(url(tenant, "secret-revoke", secret.pk))
     assert again["Location"] == url(tenant, "secrets")
