@@ -475,9 +475,9 @@ def relay_session_end(
     audio_out_ms: int = 0,
     upstream_session_id: str = "",
 ) -> RealtimeSession:
-    """End a session: final counters, slot released (by whoever ends the row, once), the audio
-    not yet charged with a response charged now (`session:<id>`, once), and `session.ended`
-    audited. Safe to call twice."""
+    """End a session: final counters, slot released (by whoever ends the row, once), the end
+    recorded (`session:<id>`, once), the audio not yet charged with a response charged now
+    (`audio:<id>`, once), and `session.ended` audited. Safe to call twice."""
     now = timezone.now()
     stats = {
         "frames_in": frames_in,
@@ -501,18 +501,27 @@ def relay_session_end(
         if not ended:
             # The stale sweep ended it first and released its slot; keep the real counters.
             RealtimeSession.objects.filter(pk=session_id).update(**stats)
-        usage_record(
-            tenant=session.tenant,
-            kind=UsageEvent.Kind.SESSION_ENDED,
-            natural_key=f"session:{session.pk}",
-            api_key=session.api_key,
-            model=session.model,
-            audio_in_ms=audio_in_ms,
-            audio_out_ms=audio_out_ms,
-            session_id=session.pk,
-            client_secret_id=session.client_secret_id,
-            occurred_at=now,
-        )
+        # The end of the session (counted once, whoever ends it) and the audio it streamed after
+        # its last response (only the relay knows it) are separate facts: if the stale sweep
+        # ended the row first, its `session:` row must not swallow this process's audio.
+        for kind, natural_key, audio in (
+            (UsageEvent.Kind.SESSION_ENDED, f"session:{session.pk}", (0, 0)),
+            (UsageEvent.Kind.AUDIO, f"audio:{session.pk}", (audio_in_ms, audio_out_ms)),
+        ):
+            if kind == UsageEvent.Kind.AUDIO and not any(audio):
+                continue
+            usage_record(
+                tenant=session.tenant,
+                kind=kind,
+                natural_key=natural_key,
+                api_key=session.api_key,
+                model=session.model,
+                audio_in_ms=audio[0],
+                audio_out_ms=audio[1],
+                session_id=session.pk,
+                client_secret_id=session.client_secret_id,
+                occurred_at=now,
+            )
         if ended:
             _release_slot(session)
             audit_record(

@@ -1,7 +1,7 @@
 """The stale-session sweep: end relay sessions whose process died, and free their slots.
 
 Contract with the relay (which owns everything else in relay/): while a session lives, its
-process touches `RealtimeSession.last_seen_at` at least every RELAY_HEARTBEAT_SECONDS (30 s); a
+process touches `RealtimeSession.last_seen_at` at least every RELAY_HEARTBEAT_SECONDS (10 s); a
 session not seen for RELAY_SESSION_STALE_SECONDS (default 120 s) is presumed dead. Both sides end
 a session with a conditional UPDATE (`WHERE status = 'active'`) and release its concurrency slot
 only if that UPDATE matched, so a slow-but-alive relay and this sweep can never both release it.
@@ -22,7 +22,7 @@ from django.utils import timezone
 from audit.actors import Actor
 from audit.services import audit_record
 from relay.models import RealtimeSession
-from tenants.models import ApiKey, Tenant
+from tenants.models import Tenant
 from usage.models import UsageEvent
 from usage.rollups import rollup_mark_pending_many
 from usage.services import quota_release_sessions
@@ -40,6 +40,7 @@ class StaleSession(NamedTuple):
     client_secret_id: str | None
     model: str
     last_seen_at: datetime
+    slot_key_held: bool
 
 
 def stale_cutoff(now: datetime) -> datetime:
@@ -61,10 +62,11 @@ def realtime_session_stale_sweep(
 ) -> int:
     """End every active session not seen since the stale cutoff, with end reason "stale", and in
     the same transaction release its concurrency slot (tenant counter, plus the key's counter when
-    the key has its own concurrent-session limit, as `quota_reserve` debits), write its
-    `session_ended` usage event (natural key `session:<id>`, so a relay that already wrote it
-    wins) and audit `session.ended`. Rows are claimed with FOR UPDATE SKIP LOCKED and ended by one
-    conditional UPDATE per batch; running twice or concurrently ends and releases each once."""
+    the relay debited it: `slot_key_held`), write its `session_ended` usage event (natural key
+    `session:<id>`, so a relay that already wrote it wins; the relay meters its own leftover audio
+    under `audio:<id>`) and audit `session.ended`. Rows are claimed with FOR UPDATE SKIP LOCKED
+    and ended by one conditional UPDATE per batch; running twice or concurrently ends and releases
+    each once."""
     now = now or timezone.now()
     cutoff = stale_cutoff(now)
     actor = Actor.system("stale-session-sweep")
@@ -76,9 +78,7 @@ def realtime_session_stale_sweep(
                 for values in RealtimeSession.objects.select_for_update(skip_locked=True)
                 .filter(status=RealtimeSession.Status.ACTIVE, last_seen_at__lt=cutoff)
                 .order_by("last_seen_at")
-                .values_list("id", "tenant_id", "api_key_id", "client_secret_id", "model", "last_seen_at")[
-                    :batch_size
-                ]
+                .values_list(*StaleSession._fields)[:batch_size]
             ]
             if not rows:
                 break
@@ -112,14 +112,10 @@ def realtime_session_stale_sweep(
 
 
 def _release_slots(rows: list[StaleSession]) -> None:
+    """The slots these sessions hold: the tenant's always, the key's when the relay debited it
+    (recorded on the row, so a key limit changed since does not skew the release)."""
     tenant_counts = Counter(row.tenant_id for row in rows)
-    key_ids = {row.api_key_id for row in rows if row.api_key_id is not None}
-    limited = set(
-        ApiKey.objects.filter(id__in=key_ids, concurrent_sessions__isnull=False).values_list("id", flat=True)
-    )
-    key_counts = Counter(
-        row.api_key_id for row in rows if row.api_key_id is not None and row.api_key_id in limited
-    )
+    key_counts = Counter(row.api_key_id for row in rows if row.slot_key_held and row.api_key_id is not None)
     quota_release_sessions(tenant_counts=tenant_counts, key_counts=key_counts)
 
 

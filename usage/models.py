@@ -51,12 +51,15 @@ class QuotaCounter(models.Model):
 
 class UsageEvent(models.Model):
     """One metered fact. `natural_key` is unique, so a retried or replayed write counts once:
-    `resp:<session>:<response id>`, `secret:<client secret id>`, `session:<session id>`."""
+    `resp:<session>:<response id>`, `secret:<client secret id>`, `session:<session id>` (the end
+    of a session, written by the relay or the stale sweep, whichever ends it) and
+    `audio:<session id>` (audio a session streamed after its last response, written by the relay)."""
 
     class Kind(models.TextChoices):
         SECRET_ISSUED = "secret_issued", "Client secret issued"
         RESPONSE = "response", "Response usage"
         SESSION_ENDED = "session_ended", "Session ended"
+        AUDIO = "audio", "Audio not charged with a response"
 
     tenant = models.ForeignKey("tenants.Tenant", on_delete=models.CASCADE, related_name="usage_events")
     api_key = models.ForeignKey(

@@ -16,10 +16,15 @@ from usage.services import quota_reserve, quota_used
 
 
 def open_session(tenant, *, api_key=None, seen_ago: timedelta, model="gpt-realtime"):
-    """What the relay does on connect: take a slot, then create the session row."""
-    quota_reserve(tenant=tenant, metric=Metric.SESSIONS, api_key=api_key)
+    """What the relay does on connect: take a slot, then create the session row (noting whether
+    the key's own counter was debited too)."""
+    reservation = quota_reserve(tenant=tenant, metric=Metric.SESSIONS, api_key=api_key)
     return RealtimeSession.objects.create(
-        tenant=tenant, api_key=api_key, model=model, last_seen_at=timezone.now() - seen_ago
+        tenant=tenant,
+        api_key=api_key,
+        model=model,
+        last_seen_at=timezone.now() - seen_ago,
+        slot_key_held=reservation.api_key_id is not None,
     )
 
 
@@ -60,6 +65,31 @@ def test_stale_sessions_end_and_free_their_slots(tenant, settings):
     # A second run, or a relay that finishes late, finds nothing active to release again.
     assert realtime_session_stale_sweep() == 0
     assert quota_used(tenant=tenant, metric=Metric.SESSIONS) == 1
+
+
+@pytest.mark.django_db
+def test_the_key_slot_is_released_as_it_was_taken_even_if_the_key_limit_changed(tenant, system_actor):
+    limited = make_key(tenant, name="kiosk", concurrent_sessions=2).api_key
+    open_session(tenant, api_key=limited, seen_ago=timedelta(minutes=5))
+    from tenants.services import api_key_settings_update
+
+    api_key_settings_update(api_key=limited, actor=system_actor, values={"concurrent_sessions": None})
+    assert realtime_session_stale_sweep() == 1
+    assert quota_used(tenant=tenant, metric=Metric.SESSIONS, api_key=limited) == 0
+
+
+@pytest.mark.django_db
+def test_a_relay_ending_after_the_sweep_still_meters_its_leftover_audio(tenant):
+    from relay.services import relay_session_end
+
+    session = open_session(tenant, seen_ago=timedelta(hours=1))
+    assert realtime_session_stale_sweep() == 1
+    relay_session_end(session_id=session.id, reason="client_closed", close_code=1000, audio_in_ms=4200)
+    assert UsageEvent.objects.filter(natural_key=f"session:{session.id}").count() == 1
+    tail = UsageEvent.objects.get(natural_key=f"audio:{session.id}")
+    assert (tail.kind, tail.audio_in_ms) == (UsageEvent.Kind.AUDIO, 4200)
+    assert quota_used(tenant=tenant, metric=Metric.AUDIO_MS) == 4200
+    assert quota_used(tenant=tenant, metric=Metric.SESSIONS) == 0  # released once, by the sweep
 
 
 @pytest.mark.django_db
