@@ -72,7 +72,10 @@ AUDIT_ROLES: frozenset[str] = frozenset({Role.OWNER, Role.ADMIN, Role.COMPLIANCE
 
 ROLE_DESCRIPTIONS = {
     Role.OWNER: "Everything an admin can do, and manage owners.",
-    Role.ADMIN: "Manage API keys, limits, session policy and members (except owners).",
+    Role.ADMIN: (
+        "Manage API keys, limits, session policy, alerts and members (except owners); revoke client "
+        "secrets and end live sessions."
+    ),
     Role.COMPLIANCE: (
         "Read and export the audit trail, and read usage, API keys, client secrets, live sessions and "
         "members; change nothing."
