@@ -40,13 +40,16 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import cached_property, wraps
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec
+from zoneinfo import ZoneInfo
 
 from django import forms
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.views import redirect_to_login
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseNotAllowed, HttpResponseRedirect
+from django.http.response import HttpResponseBase
 from django.shortcuts import redirect, render
 from django.urls import reverse
+from django.utils import timezone
 
 from audit.actors import Actor
 from realtime_platform.context import tenant_id_var
@@ -55,6 +58,7 @@ from realtime_platform.http import client_ip
 from tenants.access import access_membership
 from tenants.models import MANAGER_ROLES, Membership, Role, Tenant
 from tenants.selectors import membership_list_for_user, tenant_get
+from usage.rollups import zone_of
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import User
@@ -68,9 +72,15 @@ AUDIT_ROLES: frozenset[str] = frozenset({Role.OWNER, Role.ADMIN, Role.COMPLIANCE
 
 ROLE_DESCRIPTIONS = {
     Role.OWNER: "Everything an admin can do, and manage owners.",
-    Role.ADMIN: "Manage API keys, limits, session policy and members (except owners).",
-    Role.COMPLIANCE: "Read the audit trail, exports, API keys and members; change nothing.",
-    Role.VIEWER: "Read the overview and usage dashboards.",
+    Role.ADMIN: (
+        "Manage API keys, limits, session policy, alerts and members (except owners); revoke client "
+        "secrets and end live sessions."
+    ),
+    Role.COMPLIANCE: (
+        "Read and export the audit trail, and read usage, API keys, client secrets, live sessions and "
+        "members; change nothing."
+    ),
+    Role.VIEWER: "Read the overview and the usage dashboard.",
 }
 
 
@@ -87,9 +97,13 @@ class NavItem:
 # one NavItem here with the same roles.
 NAV: tuple[NavItem, ...] = (
     NavItem("overview", "Overview", "console:overview", ALL_ROLES),
+    NavItem("dashboard", "Usage", "console:dashboard", ALL_ROLES),
     NavItem("quotas", "Quotas & policy", "console:quotas", MANAGE_ROLES),
     NavItem("keys", "API keys", "console:keys", AUDIT_ROLES),
+    NavItem("secrets", "Client secrets", "console:secrets", AUDIT_ROLES),
+    NavItem("sessions", "Live sessions", "console:sessions", AUDIT_ROLES),
     NavItem("members", "Members", "console:members", AUDIT_ROLES),
+    NavItem("audit", "Audit trail", "console:audit", AUDIT_ROLES),
 )
 
 
@@ -113,6 +127,11 @@ class Console:
     @property
     def role_label(self) -> str:
         return Role(self.role).label
+
+    @cached_property
+    def time_zone(self) -> ZoneInfo:
+        """The tenant's zone: console pages show times in it and read typed times in it."""
+        return zone_of(self.tenant.time_zone)  # as usage rollups read it: UTC if unknown
 
     @property
     def can_manage(self) -> bool:
@@ -166,6 +185,16 @@ class Console:
         form.add_error(param, exc.message)
 
 
+class LocalDateTimeInput(forms.DateTimeInput):
+    """The browser's date-and-time picker. Its value is a wall-clock time with no zone, which a
+    DateTimeField reads in the current zone: on console pages, the tenant's."""
+
+    input_type = "datetime-local"
+
+    def __init__(self) -> None:
+        super().__init__(format="%Y-%m-%dT%H:%M")
+
+
 class ConsoleForm(forms.Form):
     """Base of console forms: labels without a trailing colon, and optional named groups of fields
     (`fieldsets = [("Title", ("field", ...)), ...]`) that `console/_form_fields.html` renders as
@@ -187,8 +216,8 @@ class ConsoleForm(forms.Form):
 
 
 P = ParamSpec("P")
-ConsolePage = Callable[Concatenate[HttpRequest, Console, P], HttpResponse]
-GuardedPage = Callable[..., HttpResponse]
+ConsolePage = Callable[Concatenate[HttpRequest, Console, P], HttpResponseBase]  # streamed downloads too
+GuardedPage = Callable[..., HttpResponseBase]
 
 
 def is_htmx(request: HttpRequest) -> bool:
@@ -211,14 +240,15 @@ def console_view(
 
     Cases, in order: not signed in → the login page (then back here); unknown tenant slug, not a
     member, or a role not in `roles` → 404, the same page an unknown URL gets, so nobody learns
-    which tenants exist; a method not in `methods` → 405. Otherwise the view runs with a Console.
+    which tenants exist; a method not in `methods` → 405. Otherwise the view runs with a Console,
+    in the tenant's time zone (templates show times in it, forms read typed times in it).
     """
 
     def decorate(view: ConsolePage[P]) -> GuardedPage:
         @wraps(view)
         def guarded(
             request: HttpRequest, tenant_slug: str, *args: P.args, **kwargs: P.kwargs
-        ) -> HttpResponse:
+        ) -> HttpResponseBase:
             if not request.user.is_authenticated:
                 return _to_login(request)
             tenant = tenant_get(slug=tenant_slug)
@@ -233,7 +263,8 @@ def console_view(
             tenant_id_var.set(str(tenant.pk))
             membership.tenant = tenant  # with its plan already loaded
             console = Console(request=request, tenant=tenant, membership=membership, nav_key=nav)
-            return view(request, console, *args, **kwargs)
+            with timezone.override(console.time_zone):
+                return view(request, console, *args, **kwargs)
 
         guarded.console_roles = roles  # type: ignore[attr-defined]  # read by the permission tests
         return guarded

@@ -18,4 +18,8 @@ urlpatterns = [
     path("login/", ConsoleLoginView.as_view(), name="login"),
     path("logout/", console_logout, name="logout"),
     path("<slug:tenant_slug>/", include("tenants.console_urls")),
+    path("<slug:tenant_slug>/usage/", include("usage.console_urls")),
+    path("<slug:tenant_slug>/secrets/", include("tokens.console_urls")),
+    path("<slug:tenant_slug>/sessions/", include("relay.console_urls")),
+    path("<slug:tenant_slug>/audit/", include("audit.console_urls")),
 ]

@@ -84,9 +84,7 @@ class ClientSecretCreateApi(KeyAuthApi):
 
 def effective_status(secret: ClientSecret, now: datetime) -> str:
     """The sweep marks expired secrets every 30 s; reads do not wait for it."""
-    if secret.status == ClientSecret.Status.ACTIVE and secret.expires_at <= now:
-        return ClientSecret.Status.EXPIRED
-    return secret.status
+    return secret.status_at(now)
 
 
 class ClientSecretOutput(serializers.Serializer[Any]):

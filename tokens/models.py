@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import secrets
 import string
+from datetime import datetime
 
 from django.db import models
 from django.utils import timezone
@@ -62,6 +63,12 @@ class ClientSecret(models.Model):
 
     def __str__(self) -> str:
         return f"{self.id} ({self.kind}, …{self.last_four})"
+
+    def status_at(self, now: datetime) -> str:
+        """The status as of `now`: the sweep marks expired secrets every 30 s; reads do not wait for it."""
+        if self.status == self.Status.ACTIVE and self.expires_at <= now:
+            return self.Status.EXPIRED
+        return self.status
 
 
 class IdempotencyRecord(models.Model):

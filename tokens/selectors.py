@@ -86,10 +86,18 @@ def client_secret_list(
     model: str | None = None,
     created_after: datetime | None = None,
     created_before: datetime | None = None,
+    now: datetime | None = None,
 ) -> QuerySet[ClientSecret]:
-    """Newest first (created_at, then id, both descending: a stable order for cursors)."""
+    """Newest first (created_at, then id, both descending: a stable order for cursors).
+
+    `status` matches the stored status; with `now` it matches the status as of `now` instead
+    (an active secret past its expiry is expired, whether or not the sweep has marked it yet)."""
     secrets = ClientSecret.objects.filter(tenant=tenant).select_related("api_key")
-    if status:
+    if status and now is not None and status == ClientSecret.Status.ACTIVE:
+        secrets = secrets.filter(status=status, expires_at__gt=now)
+    elif status and now is not None and status == ClientSecret.Status.EXPIRED:
+        secrets = secrets.filter(Q(status=status) | Q(status=ClientSecret.Status.ACTIVE, expires_at__lte=now))
+    elif status:
         secrets = secrets.filter(status=status)
     if kind:
         secrets = secrets.filter(kind=kind)

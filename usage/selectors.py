@@ -20,7 +20,7 @@ from django.utils import timezone
 from realtime_platform.errors import BadRequest
 from tenants.models import ApiKey, Tenant
 from tenants.selectors import tenant_limits
-from usage.models import Metric, QuotaCounter, UsageRollup
+from usage.models import Metric, QuotaAlert, QuotaCounter, UsageRollup
 from usage.rollups import HOUR, bucket_floor, hour_shift_minutes, local_midnight, zone_of
 from usage.services import period_end, period_start, tenant_metric_limit
 
@@ -301,3 +301,27 @@ def quota_status(*, tenant: Tenant, now: datetime | None = None) -> list[QuotaSt
             )
         )
     return statuses
+
+
+# --- Alerts ---------------------------------------------------------------------------------------
+
+
+def quota_alert_list(*, tenant: Tenant, limit: int = 20) -> list[QuotaAlert]:
+    """The tenant's most recent threshold crossings, newest first, with their deliveries."""
+    return list(
+        QuotaAlert.objects.filter(tenant=tenant)
+        .prefetch_related("deliveries")
+        .order_by("-created_at", "-threshold")[:limit]
+    )
+
+
+def usage_models_seen(*, tenant: Tenant) -> list[str]:
+    """The models the tenant's daily rollups name (for a filter drop-down)."""
+    models = (
+        UsageRollup.objects.filter(tenant=tenant, granularity=UsageRollup.Granularity.DAY)
+        .exclude(model="")
+        .order_by("model")
+        .values_list("model", flat=True)
+        .distinct()
+    )
+    return list(models)

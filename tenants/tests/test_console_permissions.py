@@ -15,9 +15,14 @@ from django.test import Client
 from django.urls import reverse
 
 from audit.models import AuditEvent
+from audit.selectors import audit_chain_head
+from audit.tests.conftest import record_many
 from conftest import make_key
+from relay.models import RealtimeSession
 from tenants.models import ApiKey, Membership, QuotaOverride, Role, SessionPolicy, UpstreamCredential
 from tenants.tests.factories import MembershipFactory, UserFactory
+from tokens.models import ClientSecret
+from tokens.tests.factories import ClientSecretFactory
 
 ALL = {"owner", "admin", "compliance", "viewer"}
 MANAGE = {"owner", "admin"}
@@ -34,6 +39,11 @@ class World:
     other_key: ApiKey
     target: Membership  # a viewer everyone who manages may change
     other_member: Membership  # a member of the other tenant
+    secret: ClientSecret
+    other_secret: ClientSecret
+    other_seq: int  # an audit event of the other tenant whose seq the tenant's chain has not reached
+    session: RealtimeSession  # live
+    other_session: RealtimeSession
 
 
 @pytest.fixture
@@ -41,6 +51,11 @@ def world(tenant, other_tenant, owner, admin_user, compliance_user, viewer, outs
     target = MembershipFactory(tenant=tenant, role=Role.VIEWER, user=UserFactory(username="tina"))
     UserFactory(username="newcomer", email="newcomer@example.com")
     UpstreamCredential.objects.create(tenant=tenant, ciphertext="x", last_four="abcd")
+    key = make_key(tenant, name="backend").api_key
+    other_key = make_key(other_tenant, name="bob backend").api_key
+    record_many(other_tenant, 40)
+    other_seq = audit_chain_head(tenant=other_tenant).seq
+    assert audit_chain_head(tenant=tenant).seq < other_seq
     return World(
         tenant=tenant,
         other_tenant=other_tenant,
@@ -51,10 +66,17 @@ def world(tenant, other_tenant, owner, admin_user, compliance_user, viewer, outs
             "viewer": viewer,
             "outsider": outsider,
         },
-        key=make_key(tenant, name="backend").api_key,
-        other_key=make_key(other_tenant, name="bob backend").api_key,
+        key=key,
+        other_key=other_key,
         target=target,
         other_member=Membership.objects.get(user=outsider),
+        secret=ClientSecretFactory(tenant=tenant, api_key=key),
+        other_secret=ClientSecretFactory(tenant=other_tenant, api_key=other_key),
+        other_seq=other_seq,
+        session=RealtimeSession.objects.create(tenant=tenant, api_key=key, model="gpt-realtime"),
+        other_session=RealtimeSession.objects.create(
+            tenant=other_tenant, api_key=other_key, model="gpt-realtime"
+        ),
     )
 
 
@@ -77,7 +99,18 @@ def state(world: World) -> dict[str, Any]:
         "overrides": list(QuotaOverride.objects.order_by("pk").values()),
         "policies": list(SessionPolicy.objects.order_by("pk").values()),
         "credentials": list(UpstreamCredential.objects.order_by("pk").values_list("pk", "ciphertext")),
-        "tenants": list(world.tenant.__class__.objects.order_by("pk").values_list("pk", "upstream_mode")),
+        "tenants": list(
+            world.tenant.__class__.objects.order_by("pk").values_list(
+                "pk",
+                "upstream_mode",
+                "alert_thresholds",
+                "alert_webhook_url",
+                "alert_emails",
+                "alert_webhook_secret_encrypted",
+            )
+        ),
+        "secrets": list(ClientSecret.objects.order_by("pk").values_list("pk", "status", "revoked_at")),
+        "sessions": list(RealtimeSession.objects.order_by("pk").values_list("pk", "status", "ended_at")),
         "audit": AuditEvent.objects.count(),
     }
 
@@ -103,7 +136,7 @@ POLICY = {
     "max_session_seconds": "600",
 }
 
-# name, URL arguments after the slug, allowed roles, POST body (None: a GET page)
+# name, URL arguments after the slug ("?…": a query string), allowed roles, POST body (None: a GET page)
 PAGES: list[tuple[str, str, set[str], Any]] = [
     ("overview", "", ALL, None),
     ("overview-quota-bars", "", ALL, None),
@@ -122,6 +155,25 @@ PAGES: list[tuple[str, str, set[str], Any]] = [
     ("member-add", "", MANAGE, {"identifier": "newcomer", "role": "viewer"}),
     ("member-role", "target", MANAGE, {"role": "compliance"}),
     ("member-remove", "target", MANAGE, {}),
+    ("dashboard", "", ALL, None),
+    ("dashboard", "?range=24h", ALL, None),
+    ("alerts", "", MANAGE, None),
+    ("alerts-settings", "", MANAGE, {"thresholds": "50, 90", "webhook_url": "", "emails": "ops@example.com"}),
+    ("alerts-rotate", "", MANAGE, {"once": "ONCE"}),
+    ("secrets", "", AUDIT, None),
+    ("secrets", "?status=active&kind=relay", AUDIT, None),
+    ("secret-revoke", "secret", MANAGE, {}),
+    ("sessions", "", AUDIT, None),
+    ("sessions", "?status=all&credential=api_key", AUDIT, None),
+    ("session-terminate", "session", MANAGE, {}),
+    ("sessions-terminate-all", "", MANAGE, {}),
+    ("audit", "", AUDIT, None),
+    ("audit", "?action=key.created", AUDIT, None),
+    ("audit-event", "seq", AUDIT, None),
+    ("audit-integrity", "", AUDIT, None),
+    ("audit-integrity", "?verify=1", AUDIT, None),
+    ("audit-export", "", AUDIT, {"format": "csv"}),
+    ("audit-export", "", AUDIT, {"format": "pdf", "action": "key.created"}),
 ]
 
 
@@ -131,7 +183,25 @@ def url_of(world: World, name: str, arg: str, tenant: Any = None) -> str:
         args.append(world.key.pk)
     elif arg == "target":
         args.append(world.target.pk)
-    return reverse(f"console:{name}", args=args)
+    elif arg == "secret":
+        args.append(world.secret.pk)
+    elif arg == "session":
+        args.append(world.session.pk)
+    elif arg == "seq":
+        args.append(1)
+    query = arg if arg.startswith("?") else ""
+    return reverse(f"console:{name}", args=args) + query
+
+
+# The other tenant's object of each kind, and an id no tenant has.
+def foreign_and_missing(world: World, arg: str) -> tuple[Any, Any]:
+    return {
+        "key": (world.other_key.pk, 999_999),
+        "target": (world.other_member.pk, 999_999),
+        "secret": (world.other_secret.pk, "cs_doesNotExist000000000"),
+        "session": (world.other_session.pk, "rs_doesNotExist000000000"),
+        "seq": (world.other_seq, 999_999),
+    }[arg]
 
 
 def body_for(world: World, name: str, body: dict[str, Any], client: Client) -> dict[str, Any]:
@@ -148,7 +218,7 @@ def body_for(world: World, name: str, body: dict[str, Any], client: Client) -> d
 @pytest.mark.parametrize(
     ("name", "arg", "allowed", "body"),
     PAGES,
-    ids=[f"{p[0]}-{'post' if p[3] is not None else 'get'}" for p in PAGES],
+    ids=[f"{p[0]}{p[1] if p[1][:1] == '?' else ''}-{'post' if p[3] is not None else 'get'}" for p in PAGES],
 )
 def test_console_permission_matrix(world, principal, name, arg, allowed, body):
     client = client_for(world, principal)
@@ -177,13 +247,14 @@ def test_console_permission_matrix(world, principal, name, arg, allowed, body):
 
 
 @pytest.mark.django_db
-@pytest.mark.parametrize(("name", "arg", "allowed", "body"), [p for p in PAGES if p[1]])
+@pytest.mark.parametrize(("name", "arg", "allowed", "body"), [p for p in PAGES if p[1] and p[1][0] != "?"])
 def test_owner_cannot_reach_other_tenants_objects_through_own_tenant(world, name, arg, allowed, body):
-    """Alice owns A; B's key or member id under A's slug is as unknown as a made-up id."""
+    """Alice owns A; B's key, member, client secret or audit event id under A's slug is as
+    unknown as a made-up id."""
     client = client_for(world, "owner")
-    foreign_id = world.other_key.pk if arg == "key" else world.other_member.pk
+    foreign_id, missing_id = foreign_and_missing(world, arg)
     url = reverse(f"console:{name}", args=[world.tenant.slug, foreign_id])
-    missing = reverse(f"console:{name}", args=[world.tenant.slug, 999_999])
+    missing = reverse(f"console:{name}", args=[world.tenant.slug, missing_id])
     before = state(world)
     if body is None:
         responses = [client.get(url), client.get(missing)]
@@ -222,13 +293,25 @@ def test_post_without_csrf_token_is_refused_and_changes_nothing(world):
     assert state(world) == before
 
 
+ALL_PAGES = (
+    "Overview",
+    "Usage",
+    "Quotas & policy",
+    "API keys",
+    "Client secrets",
+    "Live sessions",
+    "Members",
+    "Audit trail",
+)
+
+
 @pytest.mark.django_db
 def test_navigation_shows_each_role_only_what_it_may_open(world):
     expected = {
-        "owner": ["Overview", "Quotas & policy", "API keys", "Members"],
-        "admin": ["Overview", "Quotas & policy", "API keys", "Members"],
-        "compliance": ["Overview", "API keys", "Members"],
-        "viewer": ["Overview"],
+        "owner": list(ALL_PAGES),
+        "admin": list(ALL_PAGES),
+        "compliance": [page for page in ALL_PAGES if page != "Quotas & policy"],
+        "viewer": ["Overview", "Usage"],
     }
     for principal, labels in expected.items():
         response = client_for(world, principal).get(reverse("console:overview", args=[world.tenant.slug]))

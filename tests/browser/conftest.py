@@ -8,6 +8,7 @@ artifacts/screenshots/ (gitignored).
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -117,3 +118,49 @@ def sign_in_as(console_page: ConsolePage, live_server: Any) -> Any:
         return console_page
 
     return sign_in
+
+
+@pytest.fixture
+def live_console_asgi(transactional_db: Any, _daphne_reactor: None) -> Iterator[Any]:
+    """The whole platform on daphne, as `live_server_asgi` (upstream/testing.py) serves it (Django,
+    Channels, the relay's WebSocket), plus the static files pytest-django's live server serves
+    (no collectstatic in tests): for journeys that need a relayed session and the console's
+    scripts in the same browser test."""
+    from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
+    from django.db import connections
+
+    from realtime_platform.asgi import application
+    from tokens.asgi import shutdown_db_threads
+    from upstream.testing import LiveServer, ServerThread
+
+    server = ServerThread(ASGIStaticFilesHandler(application)).start()
+    try:
+        yield LiveServer(host=server.host, port=server.port)
+    finally:
+        server.stop()
+        with contextlib.suppress(Exception):
+            connections.close_all()
+        shutdown_db_threads()
+
+
+@pytest.fixture
+def asgi_console_as(browser: Any, live_console_asgi: Any) -> Iterator[Any]:
+    """`sign_in_as`, on `live_console_asgi`: a signed-in browser tab on the ASGI server."""
+    context = browser.new_context(
+        viewport={"width": 1280, "height": 900}, base_url=live_console_asgi.http_url
+    )
+    context.set_default_timeout(10_000)
+
+    def sign_in(user: Any) -> ConsolePage:
+        from django.conf import settings
+
+        client = Client()
+        client.force_login(user)
+        cookie = client.cookies[settings.SESSION_COOKIE_NAME].value
+        context.add_cookies(
+            [{"name": settings.SESSION_COOKIE_NAME, "value": cookie, "url": live_console_asgi.http_url}]
+        )
+        return ConsolePage(context.new_page(), live_console_asgi.http_url)
+
+    yield sign_in
+    context.close()

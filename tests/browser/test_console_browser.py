@@ -35,7 +35,16 @@ def test_sign_in_and_see_the_overview(console_page, owner, tenant):
     expect(page).to_have_url(re.compile(rf"/console/{tenant.slug}/$"))
     expect(page.get_by_role("heading", name="Overview", level=1)).to_be_visible()
     expect(page.get_by_role("navigation", name="Console sections").get_by_role("link")).to_have_text(
-        ["Overview", "Quotas & policy", "API keys", "Members"]
+        [
+            "Overview",
+            "Usage",
+            "Quotas & policy",
+            "API keys",
+            "Client secrets",
+            "Live sessions",
+            "Members",
+            "Audit trail",
+        ]
     )
     expect(page.locator("meter")).to_have_count(5)
     expect(page.get_by_text("0 of 10,000 (0%)")).to_be_visible()
@@ -128,7 +137,7 @@ def test_member_of_two_tenants_switches_between_them(sign_in_as, owner, tenant, 
     page.get_by_role("link", name=re.compile("^Bob Co")).click()
     expect(page).to_have_url(re.compile(rf"/console/{other_tenant.slug}/$"))
     expect(page.get_by_role("navigation", name="Console sections").get_by_role("link")).to_have_text(
-        ["Overview"]
+        ["Overview", "Usage"]
     )
     console_page.assert_no_errors()
 
@@ -139,12 +148,22 @@ def test_viewer_cannot_reach_admin_actions(sign_in_as, viewer, tenant):
     page = console_page.page
     console_page.goto(f"/console/{tenant.slug}/")
     expect(page.get_by_role("navigation", name="Console sections").get_by_role("link")).to_have_text(
-        ["Overview"]
+        ["Overview", "Usage"]
     )
     expect(page.get_by_role("link", name="Change limits and session policy")).to_have_count(0)
     console_page.screenshot("overview-viewer")
     console_page.assert_accessible()
-    for path in ("quotas/", "keys/", "members/", f"keys/{key.pk}/settings/"):
+    pages = (
+        "quotas/",
+        "keys/",
+        "members/",
+        f"keys/{key.pk}/settings/",
+        "secrets/",
+        "sessions/",
+        "audit/",
+        "audit/integrity/",
+    )
+    for path in pages:
         response = console_page.goto(f"/console/{tenant.slug}/{path}")
         assert response.status == 404
         expect(page.get_by_role("heading", name="Page not found")).to_be_visible()
