@@ -54,6 +54,8 @@ def _fast_password_hashing() -> Any:
 
     with override_settings(PASSWORD_HASHERS=["django.contrib.auth.hashers.MD5PasswordHasher"]):
         yield
+
+
 @pytest.fixture(scope="session")
 def django_db_setup(django_db_setup: Any, django_db_blocker: Any) -> None:
     """The audit tables refuse TRUNCATE/DELETE; let pytest-django flush the test database."""

@@ -460,6 +460,7 @@ def client_secret_revoke(*, secret: ClientSecret, actor: Actor) -> ClientSecret:
         transaction.on_commit(close_its_session)
     return secret
 
+
 EXPIRE_BATCH = 50_000
 # When at least this share of the table is due (a backlog after downtime), sweep it in physical
 # block ranges: sequential, no index walk, no rescanning what earlier batches already did.
