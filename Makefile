@@ -48,6 +48,7 @@ test: $(VENV)/.dev-installed
 
 lint: $(VENV)/.dev-installed
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	DJANGO_SECRET_KEY=mypy-only RTP_READ_DOTENV=false $(VENV)/bin/mypy realtime_platform tenants tokens usage audit relay upstream
 
 bench: $(VENV)/.dev-installed
