@@ -20,7 +20,9 @@ connections are killed with `pg_terminate_backend`, only the test database's bac
 the test's own.
 
 Run: `.venv/bin/pytest tests/gates/test_faults.py` (SQLite; the PostgreSQL cells skip), and with
-the services `DATABASE_URL=postgres://… REDIS_URL=redis://… RTP_REQUIRE_SERVICES=1 …`.
+the services `DATABASE_URL=postgres://… REDIS_URL=redis://… RTP_REQUIRE_SERVICES=1 …`. The Redis
+cells need only the `redis-server` binary, not REDIS_URL, so they carry no `redis` marker: without
+the binary they skip, unless RTP_REQUIRE_SERVICES=1 (CI), where that is a failure.
 
 Seen to fail on purpose (each change reverted afterwards):
 
