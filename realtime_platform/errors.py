@@ -13,6 +13,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from django import db
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.http import Http404, HttpRequest, JsonResponse
 from django_ratelimit.exceptions import Ratelimited
@@ -201,7 +202,9 @@ def validation_error_body(detail: Any, codes: Any) -> dict[str, Any]:
 
 def as_api_error(exc: Exception) -> ApplicationError | None:
     """The OpenAI-shaped error for every exception class an API view may raise; None for an
-    unexpected one (a bug: answered with a 500 and logged). Used by the DRF handler and by the
+    unexpected one (a bug: answered with a 500 and logged). A database error (connection lost,
+    failover, deadlock) is a 503 `database_unavailable` with Retry-After: transient, and the
+    failed transaction was rolled back. Used by the DRF handler and by the
     issuance fast path (`tokens/asgi.py`), so both answer alike."""
     if isinstance(exc, ApplicationError):
         return exc
@@ -236,6 +239,13 @@ def as_api_error(exc: Exception) -> ApplicationError | None:
         return ApplicationError(str(exc.detail), code=code, status=exc.status_code)
     if isinstance(exc, UpstreamError):
         return upstream_error_to_api_error(exc)
+    if isinstance(exc, db.OperationalError | db.InterfaceError):  # connection lost, failover, deadlock
+        logger.warning("database unavailable: %s", type(exc).__name__, exc_info=exc)
+        return ServiceUnavailable(
+            "The service is temporarily unable to reach its database. Please retry shortly.",
+            retry_after=1,
+            code="database_unavailable",
+        )
     return None
 
 

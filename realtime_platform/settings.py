@@ -124,6 +124,11 @@ if IS_POSTGRES and DATABASE_POOL_MAX > 0:
     # per-thread connections (CONN_MAX_AGE) would leak one connection per request. A psycopg pool
     # hands connections back at the end of each request instead (Django's advice for ASGI).
     DATABASES["default"]["CONN_MAX_AGE"] = 0
+    # With a pool this makes Django pass psycopg's check to it: each connection is tested as it
+    # leaves the pool (one empty query) and replaced if the server closed it meanwhile (restart,
+    # failover, idle timeout, pg_terminate_backend). Without it every dead pooled connection failed
+    # one request with a 500, or a relay session's metering and end (tests/gates/test_faults.py).
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
     DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
         "min_size": 1,
         "max_size": DATABASE_POOL_MAX,
