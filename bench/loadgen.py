@@ -75,9 +75,11 @@ async def run(
     total: int,
     concurrency: int,
     expect: int = 200,
+    deadline: float | None = None,
 ) -> Result:
     """Send `total` requests over `concurrency` keep-alive connections; `make_request(i)` builds
-    request i (so each can carry its own body or headers)."""
+    request i (so each can carry its own body or headers). With `deadline` (time.monotonic()),
+    clients stop starting requests then, however many are left (the soak runs for a time)."""
     result = Result()
     counter = iter(range(total))
 
@@ -85,6 +87,8 @@ async def run(
         reader, writer = await asyncio.open_connection(host, port)
         try:
             for i in counter:
+                if deadline is not None and time.monotonic() >= deadline:
+                    break
                 request = make_request(i)
                 start = time.perf_counter()
                 writer.write(request)
