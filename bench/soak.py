@@ -31,9 +31,14 @@ Fails (exit 1) on any violation:
   sessions the clients completed (end reasons are printed); its `response` usage events equal the
   `response.done` events clients received; the concurrency counter is back to 0.
 
-Seen to fail on purpose: make `usage_record` in tokens/services.py skip secrets whose id ends in
-"A" (`if not secret.pk.endswith("A"): usage_record(...)`): the soak ends with
-"FAIL reconciliation: usage events secret_issued … != issuance 200s …" and exit status 1.
+Seen to fail on purpose:
+- a lost ledger row: in `_record_issued` (tokens/services.py) call `usage_record` only
+  `if not secret.pk.endswith("A")`: `SOAK_SECONDS=20 SOAK_SESSIONS=20 make soak` ended with
+  "FAIL reconciliation: usage events secret_issued 1,951 != issuance 200s 1,978", exit status 1;
+- a leak: append every client frame to a module-level list in `RelaySession.from_client`
+  (relay/core.py): `SOAK_SECONDS=40 SOAK_SESSIONS=60 make soak` ended with "FAIL memory: grew
+  76.8 MiB after warm-up (allowed 32.0)" (a 24 s run grew only 29.6 MiB after its warm-up and
+  passed: short runs need a fast leak to show one).
 """
 
 from __future__ import annotations

@@ -15,6 +15,9 @@ run this gate or print "SKIPPED: advisory database unreachable".
 
 `.pip-audit-ignore`: one vulnerability id per line, each with its reason after a `#` (a line
 without a reason is refused, so no exception goes undocumented).
+
+Environment: PIP_AUDIT_SERVICE (`pypi`, the default, or `osv`), PIP_AUDIT_OSV_URL (an OSV mirror;
+tests/gates/test_audit_deps.py points it at a local stub), PIP_AUDIT_IGNORE_FILE.
 """
 
 from __future__ import annotations
@@ -29,16 +32,19 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 REQUIREMENTS = ["requirements/base.txt", "requirements/dev.txt"]
-IGNORE_FILE = ROOT / ".pip-audit-ignore"
+IGNORE_FILE = Path(os.environ.get("PIP_AUDIT_IGNORE_FILE", ROOT / ".pip-audit-ignore"))
 SERVICE = os.environ.get("PIP_AUDIT_SERVICE", "pypi")  # pip-audit's -s: pypi (default) or osv
+OSV_URL = os.environ.get("PIP_AUDIT_OSV_URL", "https://api.osv.dev/v1/query")
 PROBE_TIMEOUT = 5.0
 
 
 def probe() -> str | None:
     """None if the advisory service answers a known package's query, else why not."""
     if SERVICE == "osv":
-        request = urllib.request.Request(
-            "https://api.osv.dev/v1/query",
+        if not OSV_URL.startswith(("https://", "http://127.0.0.1:")):
+            return f"PIP_AUDIT_OSV_URL must be https (or a loopback test stub): {OSV_URL}"
+        request = urllib.request.Request(  # noqa: S310 (checked just above)
+            OSV_URL,
             data=json.dumps({"package": {"name": "django", "ecosystem": "PyPI"}, "version": "5.2"}).encode(),
             headers={"Content-Type": "application/json"},
         )
@@ -47,7 +53,7 @@ def probe() -> str | None:
         request = urllib.request.Request("https://pypi.org/pypi/django/5.2/json")
         expected_key = "vulnerabilities"
     try:
-        with urllib.request.urlopen(request, timeout=PROBE_TIMEOUT) as response:  # noqa: S310 (fixed https URL)
+        with urllib.request.urlopen(request, timeout=PROBE_TIMEOUT) as response:  # noqa: S310 (https or a test stub)
             body = json.load(response)
     except (OSError, ValueError) as exc:  # URLError, HTTPError (404 from a mirror), timeouts, bad JSON
         return f"{request.full_url}: {exc}"
@@ -83,6 +89,7 @@ def main(argv: list[str]) -> int:
         return 2
     ignored = exceptions()
     command = [sys.executable, "-m", "pip_audit", "--no-deps", "--disable-pip", "-f", "json", "-s", SERVICE]
+    command += ["--osv-url", OSV_URL] if SERVICE == "osv" else []
     command += [arg for path in REQUIREMENTS for arg in ("-r", path)]
     command += [arg for vuln_id in ignored for arg in ("--ignore-vuln", vuln_id)]
     print("$ " + " ".join(command[2:]), flush=True)
