@@ -66,6 +66,8 @@ APPS := realtime_platform tenants tokens usage audit relay upstream
 # with production settings (0 warnings), bandit (medium+ severity at high confidence; inline
 # `# nosec BXXX reason` only), pinned minimum versions of servers with known fixes, and pip-audit
 # when its advisory database answers (otherwise a loud SKIPPED line: `make audit-deps` fails then).
+# Seen to fail: DJANGO_DEBUG=true below gives security.W004/W008/W012/W016/W018; an `eval(x)` in
+# relay/policy.py gives bandit's B307; `daphne>=4.2.0` in pyproject.toml fails the pins test.
 check: lint
 	$(CHECK_DEPLOY_ENV) $(PY) manage.py check --deploy --fail-level WARNING
 	$(VENV)/bin/bandit -q -c pyproject.toml -r $(APPS) --severity-level medium --confidence-level high
