@@ -75,9 +75,14 @@ async def run(
     total: int,
     concurrency: int,
     expect: int = 200,
+    deadline: float | None = None,
+    rate: float | None = None,
 ) -> Result:
     """Send `total` requests over `concurrency` keep-alive connections; `make_request(i)` builds
-    request i (so each can carry its own body or headers)."""
+    request i (so each can carry its own body or headers). With `deadline` (time.monotonic()),
+    clients stop starting requests then, however many are left (the soak runs for a time). With
+    `rate` (requests per second, all clients together), request i starts no earlier than i / rate
+    seconds after the run began: an open-loop load below saturation."""
     result = Result()
     counter = iter(range(total))
 
@@ -85,6 +90,10 @@ async def run(
         reader, writer = await asyncio.open_connection(host, port)
         try:
             for i in counter:
+                if deadline is not None and time.monotonic() >= deadline:
+                    break
+                if rate is not None:
+                    await asyncio.sleep(max(0.0, started + i / rate - time.perf_counter()))
                 request = make_request(i)
                 start = time.perf_counter()
                 writer.write(request)
