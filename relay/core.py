@@ -534,6 +534,11 @@ class RelaySession:
             return
         self.stats.frames_out += 1
         self.stats.bytes_out += len(frame)
+        # the slow-client clock runs for the relay's own errors too: a client that floods refused
+        # events and never reads them must not hold its session (and its reads) forever
+        clock_started = not self._client_send_since
+        if clock_started:
+            self._client_send_since = time.monotonic()
         try:
             await self._client.send(frame)
         except asyncio.CancelledError:
@@ -541,6 +546,9 @@ class RelaySession:
         except Exception:
             self._client_open = False
             self._end(Cutoff(EndReason.CLIENT_GONE, CLOSE_NORMAL, notify_client=False))
+        finally:
+            if clock_started:
+                self._client_send_since = 0.0
 
     # --- upstream → client ----------------------------------------------------------------------
 

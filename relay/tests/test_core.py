@@ -489,6 +489,19 @@ async def test_client_that_stops_reading_is_closed_with_1013():
     assert relay_tasks() == []
 
 
+async def test_client_that_stops_reading_the_relays_own_errors_is_closed_with_1013():
+    rig = await start()
+    rig.client.reading = False
+    refusing = asyncio.create_task(rig.session.from_client("not json"))  # its error event cannot go out
+    await finish(rig)
+    assert rig.client.closed is not None
+    assert rig.client.closed[0] == CLOSE_CLIENT_TOO_SLOW
+    assert rig.hooks.ends[0]["reason"] == EndReason.CLIENT_TOO_SLOW
+    rig.client.reading = True  # the server drops the connection, and the stuck send returns
+    await asyncio.wait_for(refusing, 1)
+    assert relay_tasks() == []
+
+
 async def test_upstream_that_stops_reading_counts_as_lost():
     rig = await start()
     rig.upstream.stall_sends = True
