@@ -1,9 +1,10 @@
 """Gate: WebSocket fuzzing of the live relay (issue 9, item 2).
 
-The whole platform runs on daphne (`live_server_asgi`) with the OpenAI emulator behind the relay
-(`emulator`); the clients are real WebSocket clients over TCP, or raw sockets where a client must
-misbehave below the protocol. `tests/gates/wsfuzz.py` generates the malformed traffic from fixed
-seeds: invalid JSON, non-objects, wrong or missing `type`, unknown event types, duplicate keys,
+The whole platform runs on a live server, daphne (`live_server_asgi`, what `make run` serves) and
+uvicorn (the production default), with the OpenAI emulator behind the relay (`emulator`); the
+clients are real WebSocket clients over TCP, or raw sockets where a client must misbehave below
+the protocol. `tests/gates/wsfuzz.py` generates the malformed traffic from fixed seeds: invalid
+JSON, non-objects, wrong or missing `type`, unknown event types, duplicate keys,
 invalid base64 and half samples in `input_audio_buffer.append`, odd-length binary audio, events
 over the event cap, `session.update`/`response.create`/`conversation.item.create` against the
 tenant's locked fields and allow-lists, nesting deeper than the relay can check, and well-formed
@@ -16,8 +17,9 @@ events of known types that are wrong for the API (upstream answers those). What 
 - frames that end a session end it with a documented close code: 1009 after a `frame_too_large`
   error (over RTP_RELAY_MAX_FRAME_BYTES, text or binary); 1013 for a client that floods and never
   reads (then it is dropped). A client that vanishes mid-frame ends its session as `client_gone`.
-  A text frame that is not UTF-8 is rejected by the server itself (RFC 6455 §8.1): daphne
-  (autobahn) drops the TCP connection without a close frame; a server that sends one sends 1007;
+  A text frame that is not UTF-8 is rejected by the server itself (RFC 6455 §8.1), before the
+  relay sees it: uvicorn closes with 1007, daphne (autobahn) drops the TCP connection without a
+  close frame; either way the session ends as `client_gone` with its slot released;
 - the server never crashes: no ERROR log record, `/healthz` answers 200 while the fuzzers run and
   after, and a well-behaved session of another tenant, talking while they flood, receives exactly
   the frames upstream sent it, in order;
@@ -25,20 +27,22 @@ events of known types that are wrong for the API (upstream answers those). What 
   count is back to its baseline, every session row is ENDED with the expected reason and close
   code, and the concurrent-session counters (the tenant's and the key's own) are back to zero.
 
-Size: 3 seeds x RTP_FUZZ_EXAMPLES (default 300) frames in 3 concurrent sessions, a flood of 16 x
-RTP_FUZZ_EXAMPLES frames in one session, and 5 session-ending cases (the last floods ~4 MB). For a
-larger run: `RTP_FUZZ_EXAMPLES=5000 RTP_FUZZ_SEED=100 pytest tests/gates/test_ws_fuzz.py`
-(RTP_FUZZ_SEED, default 1, is the first of the three seeds).
+Size, per server: 3 seeds x RTP_FUZZ_EXAMPLES (default 300) frames in 3 concurrent sessions, a
+flood of 16 x RTP_FUZZ_EXAMPLES frames in one session, and 5 session-ending cases (the last one
+floods 4-6 MB at a client that never reads). About 10 s for both servers here. A larger run:
+`RTP_FUZZ_EXAMPLES=5000 RTP_FUZZ_SEED=100 pytest tests/gates/test_ws_fuzz.py` (RTP_FUZZ_SEED,
+default 1, is the first of the three seeds; the other generators use seeds after it).
 
 Seen to fail on purpose:
 - `relay/events.py` `decoded_audio_size` made to accept any string (`return len(audio) * 3 // 4
   // 2 * 2`), i.e. invalid base64 forwarded: `test_malformed_frames_are_answered_and_the_session_
-  survives` fails with `AssertionError: bad_audio frame fz1_4 answered with 'invalid_value',
-  expected 'invalid_audio'` (the emulator, not the relay, rejected the audio);
+  survives[daphne|uvicorn]` fails with `AssertionError: bad_audio frame fz1_4 answered with
+  'invalid_value', expected 'invalid_audio'` (the emulator, not the relay, rejected the audio),
+  and the flood test with the same message for fz7_11;
 - `relay/services.py` `relay_session_end` made to skip `_release_slot(session)` when
-  `reason == "frame_too_big"`: `test_sessions_ending_on_bad_input_use_documented_codes` fails with
-  `AssertionError: assert ['concurrent-session slots still held: tenant 1', 'concurrent-session
-  slots still held: key 1'] == []`.
+  `reason == "frame_too_big"`: `test_sessions_ending_on_bad_input_use_documented_codes[…]` fails
+  with `AssertionError: assert ['concurrent-session slots still held: tenant N',
+  'concurrent-session slots still held: key N'] == []`.
 Bugs it found (fixed in their own commits): an event nested 1000-1020 levels deep, or 300 levels
 with a policy rewrite, raised out of the consumer (daphne: "Exception inside application", close
 1011 without an `error`, and the session's tasks, upstream socket, ACTIVE row and slot leaked:
@@ -56,8 +60,9 @@ import os
 import socket
 import struct
 import time
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import httpx
 import pytest
@@ -68,8 +73,8 @@ from websockets.asyncio.client import ClientConnection, connect
 from conftest import make_key
 from relay.core import CLOSE_CLIENT_TOO_SLOW, CLOSE_TOO_BIG, EndReason
 from relay.models import RealtimeSession
+from relay.tests.servers import UvicornThread
 from relay.tests.test_live import RawClient
-from relay.tests.test_sdk_e2e import relay_tasks_left
 from tenants.models import Scope, SessionPolicy
 from tests.gates import wsfuzz
 from tests.gates.wsfuzz import Caps, Frame, Fuzzer
@@ -99,14 +104,63 @@ TEXT_ONLY = json.dumps(
 )
 
 
-@pytest.fixture
-def relay(settings: Any, live_server_asgi: Any, emulator: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class LiveRelay:
+    """The platform on a live server, and a way to run code in that server's event loop."""
+
+    name: str
+    port: int
+    in_loop: Callable[[Callable[[], Any]], Any]
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def tasks(self) -> list[str]:
+        """The names of the tasks alive in the server's event loop."""
+        return list(self.in_loop(lambda: [t.get_name() for t in asyncio.all_tasks() if not t.done()]))
+
+
+def _uvicorn_loop_call(server: UvicornThread) -> Callable[[Callable[[], T]], T]:
+    loop = server._server.servers[0].get_loop()
+
+    def call(fn: Callable[[], T]) -> T:
+        async def run() -> T:
+            return fn()
+
+        return asyncio.run_coroutine_threadsafe(run(), loop).result(TIMEOUT)
+
+    return call
+
+
+@pytest.fixture(params=["daphne", "uvicorn"])
+def relay(
+    request: pytest.FixtureRequest, settings: Any, emulator: Any, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[LiveRelay]:
+    """The relay on daphne (`live_server_asgi`, what `make run` serves) and on uvicorn (the
+    production default), with small caps and clocks so every limit is reached quickly."""
     monkeypatch.setattr("relay.consumers.ABANDON_AFTER_SECONDS", 0.5)  # dropping a client that never reads
     settings.RELAY_MAX_EVENT_BYTES = CAPS.event_bytes
     settings.RELAY_MAX_FRAME_BYTES = CAPS.frame_bytes
     settings.RELAY_SLOW_CLIENT_SECONDS = 0.5
     settings.RELAY_HEARTBEAT_SECONDS = 0.5  # heartbeats (database writes, quota checks) run during the fuzz
-    return live_server_asgi
+    if request.param == "daphne":
+        live = request.getfixturevalue("live_server_asgi")
+        yield LiveRelay("daphne", live.port, ReactorThread.call)
+        return
+    request.getfixturevalue("transactional_db")
+    server = UvicornThread().start()
+    try:
+        yield LiveRelay("uvicorn", server.port, _uvicorn_loop_call(server))
+    finally:
+        server.stop()
 
 
 @pytest.fixture
@@ -278,10 +332,6 @@ def check_answers(frames: list[Frame], events: list[dict[str, Any]]) -> None:
 # --- leaks -----------------------------------------------------------------------------------------
 
 
-def server_task_count() -> int:
-    return int(ReactorThread.call(lambda: len(asyncio.all_tasks())))
-
-
 @database_sync_to_async
 def leftovers(tenants: Iterable[Any]) -> list[str]:
     problems = []
@@ -297,15 +347,21 @@ def leftovers(tenants: Iterable[Any]) -> list[str]:
     return problems
 
 
-async def check_no_leaks(baseline: int, tenants: Iterable[Any]) -> None:
+async def relay_tasks_left(relay: LiveRelay) -> list[str]:
+    return [name for name in await asyncio.to_thread(relay.tasks) if name.startswith("relay-")]
+
+
+async def check_no_leaks(relay: LiveRelay, baseline: int, tenants: Iterable[Any]) -> None:
     """After every session has closed: no relay task, the loop's task count back to what it was
     before the first session, every row ended, every slot released."""
     deadline = time.monotonic() + TIMEOUT
-    while await asyncio.to_thread(relay_tasks_left):
-        assert time.monotonic() < deadline, f"relay tasks left: {await asyncio.to_thread(relay_tasks_left)}"
+    while left := await relay_tasks_left(relay):
+        assert time.monotonic() < deadline, f"relay tasks left: {left}"
         await asyncio.sleep(0.05)
-    while (count := await asyncio.to_thread(server_task_count)) > baseline:
-        assert time.monotonic() < deadline, f"{count} tasks in the server's loop, {baseline} before"
+    while len(tasks := await asyncio.to_thread(relay.tasks)) > baseline:
+        assert time.monotonic() < deadline, (
+            f"{len(tasks)} tasks in the server's loop, {baseline} before: {tasks}"
+        )
         await asyncio.sleep(0.05)
     assert await leftovers(tenants) == []
 
@@ -332,7 +388,7 @@ def ended_rows(tenant: Any) -> list[tuple[str, int | None]]:
 async def test_malformed_frames_are_answered_and_the_session_survives(
     relay, fuzz_key, bystander_key, emulator, tenant, other_tenant
 ):
-    baseline = await asyncio.to_thread(server_task_count)
+    baseline = len(await asyncio.to_thread(relay.tasks))
     bystander, created = await open_session(relay, bystander_key)
     await text_only(bystander)
     fuzzers = [
@@ -354,26 +410,26 @@ async def test_malformed_frames_are_answered_and_the_session_survives(
     assert seen
     assert upstream.sent[-len(seen) :] == seen
     await check_healthz(relay)
-    await check_no_leaks(baseline, [tenant, other_tenant])
+    await check_no_leaks(relay, baseline, [tenant, other_tenant])
 
 
 @pytest.mark.usefixtures("no_errors_logged")
 async def test_flood_of_bad_frames_is_answered_in_order(relay, fuzz_key, tenant):
-    baseline = await asyncio.to_thread(server_task_count)
+    baseline = len(await asyncio.to_thread(relay.tasks))
     fuzzer = Fuzzer(FIRST_SEED + 6, CAPS)
     small = [fuzzer.not_json, fuzzer.not_an_object, fuzzer.bad_type, fuzzer.unknown_type, fuzzer.bad_audio]
     frames = [fuzzer.rng.choice(small)() for _ in range(FLOOD)]
     await fuzz_session(relay, fuzz_key, frames)
-    await check_no_leaks(baseline, [tenant])
+    await check_no_leaks(relay, baseline, [tenant])
 
 
 @pytest.mark.usefixtures("no_errors_logged")
 async def test_sessions_ending_on_bad_input_use_documented_codes(
     relay, fuzz_key, bystander_key, tenant, other_tenant
 ):
-    baseline = await asyncio.to_thread(server_task_count)
+    baseline = len(await asyncio.to_thread(relay.tasks))
     fuzzer = Fuzzer(FIRST_SEED + 10, CAPS)
-    expected: list[tuple[str, int | None]] = []
+    expected: list[tuple[str, set[int]]] = []  # each session's end reason, and the close codes it may record
 
     # over the frame cap, as text and as binary audio: an error, then 1009
     for frame in (fuzzer.over_frame_cap(binary=False), fuzzer.over_frame_cap(binary=True)):
@@ -386,17 +442,22 @@ async def test_sessions_ending_on_bad_input_use_documented_codes(
             await ws.recv()
         assert closed.value.rcvd is not None
         assert closed.value.rcvd.code == CLOSE_TOO_BIG
-        expected.append((EndReason.FRAME_TOO_BIG, CLOSE_TOO_BIG))
+        expected.append((EndReason.FRAME_TOO_BIG, {CLOSE_TOO_BIG}))
 
     # a text frame that is not UTF-8: the server fails the connection itself (RFC 6455 §8.1)
     ws, _ = await open_session(relay, fuzz_key)
     await ws.send(b'{"type":"response.create","x":"\xff\xfe"}', text=True)
     with pytest.raises(websockets.ConnectionClosed) as closed:
         await asyncio.wait_for(ws.recv(), TIMEOUT)
-    # "Fail the WebSocket Connection" (RFC 6455 §7.1.7): daphne (autobahn) drops the TCP connection
-    # without a close frame; a server that sends one must send 1007
-    assert closed.value.rcvd is None or closed.value.rcvd.code == CLOSE_INVALID_PAYLOAD, closed.value
-    expected.append((EndReason.CLIENT_GONE, 1006))
+    # "Fail the WebSocket Connection" (RFC 6455 §7.1.7): uvicorn sends 1007; daphne (autobahn)
+    # drops the TCP connection without a close frame, and tells the relay it was lost (1006)
+    if relay.name == "uvicorn":
+        assert closed.value.rcvd is not None
+        assert closed.value.rcvd.code == CLOSE_INVALID_PAYLOAD
+        expected.append((EndReason.CLIENT_GONE, {CLOSE_INVALID_PAYLOAD}))
+    else:
+        assert closed.value.rcvd is None, closed.value
+        expected.append((EndReason.CLIENT_GONE, {1006}))
 
     # half-open: the client vanishes in the middle of a frame (no close frame, a TCP reset)
     raw = await asyncio.to_thread(RawClient, relay.port, fuzz_key)
@@ -404,8 +465,8 @@ async def test_sessions_ending_on_bad_input_use_documented_codes(
     raw.sock.sendall(bytes([0x81, 0x80 | 126]) + (5000).to_bytes(2, "big") + os.urandom(4) + b"x" * 100)
     raw.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     raw.close()
-    expected.append((EndReason.CLIENT_GONE, 1006))
-    await wait_rows(tenant, len(expected))
+    expected.append((EndReason.CLIENT_GONE, {1005, 1006}))  # a lost connection: uvicorn says 1005 or 1006
+    await wait_rows(relay, tenant, len(expected))
 
     # half-open: the client floods and never reads; the relay's answers back up and it is dropped
     raw = await asyncio.to_thread(RawClient, relay.port, fuzz_key)
@@ -415,8 +476,8 @@ async def test_sessions_ending_on_bad_input_use_documented_codes(
     small = [flooder.unknown_type, flooder.bad_type, flooder.locked, flooder.bad_audio, flooder.not_json]
     flood = b"".join(client_frame(flooder.rng.choice(small)()) for _ in range(FRAMES))
     sent = await asyncio.to_thread(send_until_blocked, raw.sock, flood)
-    expected.append((EndReason.CLIENT_TOO_SLOW, CLOSE_CLIENT_TOO_SLOW))
-    await wait_rows(tenant, len(expected))
+    expected.append((EndReason.CLIENT_TOO_SLOW, {CLOSE_CLIENT_TOO_SLOW}))
+    await wait_rows(relay, tenant, len(expected))
     raw.close()
 
     # meanwhile and afterwards, everyone else is fine
@@ -425,8 +486,11 @@ async def test_sessions_ending_on_bad_input_use_documented_codes(
     await turn(bystander)
     await bystander.close()
     await check_healthz(relay)
-    await check_no_leaks(baseline, [tenant, other_tenant])
-    assert await ended_rows(tenant) == expected, f"{sent} flood bytes sent before the server stopped reading"
+    await check_no_leaks(relay, baseline, [tenant, other_tenant])
+    rows = await ended_rows(tenant)
+    assert [reason for reason, _ in rows] == [reason for reason, _ in expected], rows
+    for (_, code), (_, codes) in zip(rows, expected, strict=True):
+        assert code in codes, (rows, f"{sent} flood bytes sent before the server stopped reading")
 
 
 def client_frame(frame: Frame) -> bytes:
@@ -455,12 +519,12 @@ def send_until_blocked(sock: socket.socket, flood: bytes) -> int:
     raise AssertionError(f"the server kept reading ({sent} bytes) from a client that never reads")
 
 
-async def wait_rows(tenant: Any, count: int) -> None:
+async def wait_rows(relay: LiveRelay, tenant: Any, count: int) -> None:
     """Until `count` of the tenant's sessions have ended (waiting on the relay's tasks first, so
     this thread does not read SQLite while the server writes it)."""
     deadline = time.monotonic() + TIMEOUT
     while True:
-        if not await asyncio.to_thread(relay_tasks_left):
+        if not await relay_tasks_left(relay):
             rows = await ended_rows(tenant)
             if sum(reason != "" for reason, _ in rows) >= count:
                 return
