@@ -78,7 +78,7 @@ from relay.tests.test_live import RawClient
 from tenants.models import Scope, SessionPolicy
 from tests.gates import wsfuzz
 from tests.gates.wsfuzz import Caps, Frame, Fuzzer
-from upstream.testing import ReactorThread
+from upstream.testing import LiveServer, ReactorThread
 from usage.models import Metric
 from usage.services import quota_used
 
@@ -108,20 +108,11 @@ T = TypeVar("T")
 
 
 @dataclass(frozen=True)
-class LiveRelay:
+class LiveRelay(LiveServer):
     """The platform on a live server, and a way to run code in that server's event loop."""
 
     name: str
-    port: int
     in_loop: Callable[[Callable[[], Any]], Any]
-
-    @property
-    def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}"
-
-    @property
-    def http_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
     def tasks(self) -> list[str]:
         """The names of the tasks alive in the server's event loop."""
@@ -153,12 +144,12 @@ def relay(
     settings.RELAY_HEARTBEAT_SECONDS = 0.5  # heartbeats (database writes, quota checks) run during the fuzz
     if request.param == "daphne":
         live = request.getfixturevalue("live_server_asgi")
-        yield LiveRelay("daphne", live.port, ReactorThread.call)
+        yield LiveRelay(live.host, live.port, "daphne", ReactorThread.call)
         return
     request.getfixturevalue("transactional_db")
     server = UvicornThread().start()
     try:
-        yield LiveRelay("uvicorn", server.port, _uvicorn_loop_call(server))
+        yield LiveRelay("127.0.0.1", server.port, "uvicorn", _uvicorn_loop_call(server))
     finally:
         server.stop()
 
