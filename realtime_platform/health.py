@@ -43,7 +43,7 @@ async def _channel_round_trip() -> None:
     layer = get_channel_layer()
     if layer is None:
         raise RuntimeError("no channel layer configured")
-    channel = await layer.new_channel("healthz.")
+    channel = await layer.new_channel()
     await layer.send(channel, {"type": "healthz.ping"})
     message = await asyncio.wait_for(layer.receive(channel), timeout=CHECK_TIMEOUT_SECONDS)
     if message.get("type") != "healthz.ping":

@@ -51,6 +51,11 @@ GROUP_SESSION = "relay.session.{}"
 TERMINATE = "relay.terminate"
 
 
+# An event nested deeper than the relay can check or re-serialize: refused like unreadable JSON
+# (an exception here would end the consumer without closing the session).
+TOO_DEEP = Refusal("invalid_event", "The event is nested too deeply.")
+
+
 class EndReason:
     CLIENT_CLOSED = "client_closed"
     CLIENT_GONE = "client_gone"  # no close frame: vanished, or found dead by ping
@@ -462,8 +467,8 @@ class RelaySession:
                 return Refusal(
                     "invalid_audio", "PCM16 audio must have an even number of bytes.", "audio"
                 ), client_event_id
-            if not ev.plain_append(text) and (duplicate := ev.has_duplicate_keys(text)):
-                return self._duplicate(duplicate), client_event_id
+            if not ev.plain_append(text) and (refusal := self._duplicates(text)):
+                return refusal, client_event_id
             self.stats.audio_in_ms += size / self._in_bytes_per_ms
             return text
         if not isinstance(kind, str):
@@ -476,9 +481,9 @@ class RelaySession:
                 + ".",
                 "type",
             ), client_event_id
-        duplicate = ev.has_duplicate_keys(text)
-        if duplicate:
-            return self._duplicate(duplicate), client_event_id
+        refusal = self._duplicates(text)
+        if refusal is not None:
+            return refusal, client_event_id
         rules = self.plan.rules
         if kind == "session.update":
             verdict = rules.check_session_update(event, self._current)
@@ -491,11 +496,20 @@ class RelaySession:
         if verdict.refusal is not None:
             return verdict.refusal, client_event_id
         if verdict.rewritten is not None:
-            return orjson.dumps(verdict.rewritten).decode()
+            try:
+                return orjson.dumps(verdict.rewritten).decode()
+            except orjson.JSONEncodeError:  # orjson writes at most 254 levels (it reads 1024)
+                return TOO_DEEP, client_event_id
         return text
 
     @staticmethod
-    def _duplicate(key: str) -> Refusal:
+    def _duplicates(text: str) -> Refusal | None:
+        try:
+            key = ev.has_duplicate_keys(text)
+        except RecursionError:  # json's parser stops near 1000 levels, before orjson's 1024
+            return TOO_DEEP
+        if key is None:
+            return None
         return Refusal("duplicate_key", f"The key '{key[:100]}' appears twice in one object.", key[:100])
 
     def _wrap_binary(self, data: bytes) -> str | tuple[Refusal, str | None]:
@@ -520,6 +534,11 @@ class RelaySession:
             return
         self.stats.frames_out += 1
         self.stats.bytes_out += len(frame)
+        # the slow-client clock runs for the relay's own errors too: a client that floods refused
+        # events and never reads them must not hold its session (and its reads) forever
+        clock_started = not self._client_send_since
+        if clock_started:
+            self._client_send_since = time.monotonic()
         try:
             await self._client.send(frame)
         except asyncio.CancelledError:
@@ -527,6 +546,9 @@ class RelaySession:
         except Exception:
             self._client_open = False
             self._end(Cutoff(EndReason.CLIENT_GONE, CLOSE_NORMAL, notify_client=False))
+        finally:
+            if clock_started:
+                self._client_send_since = 0.0
 
     # --- upstream → client ----------------------------------------------------------------------
 

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from django.core.cache import caches
 
@@ -53,3 +55,22 @@ def test_healthz_is_503_when_the_broker_is_unreachable(api_client, settings):
         app.conf.broker_url = original
     assert response.status_code == 503
     assert response.json()["checks"]["broker"]["ok"] is False
+
+
+@pytest.mark.redis
+async def test_channel_layer_check_passes_while_relay_sessions_listen():
+    """A live relay session waits on the layer for kill-switch messages. channels_redis lets one
+    receiver at a time read the process's channels of a given prefix; the check must use the same
+    prefix, or it waits behind that receiver's 5 s blocking read and times out (503 while any
+    session is live)."""
+    from channels.layers import get_channel_layer
+
+    from realtime_platform.health import _channel_round_trip
+
+    layer = get_channel_layer()
+    listening = asyncio.create_task(layer.receive(await layer.new_channel()))  # as relay consumers do
+    await asyncio.sleep(0.1)
+    try:
+        await _channel_round_trip()
+    finally:
+        listening.cancel()

@@ -163,6 +163,12 @@ async def test_client_events_after_config_are_forwarded_in_order():
             "duplicate_key",
             "type",
         ),
+        # parsed by orjson (1024 levels), too deep for the duplicate-key check (json: ~1000)
+        (
+            '{"type": "response.create", "event_id": "evt_9", "x": ' + "[" * 1010 + "]" * 1010 + "}",
+            "invalid_event",
+            None,
+        ),
     ],
 )
 async def test_bad_client_events_get_an_error_and_are_not_forwarded(frame, code, param):
@@ -301,6 +307,22 @@ async def test_enforced_instructions_prefix_is_prepended():
     )
     sent = rig.upstream.client_events("session.update")[-1]
     assert sent["session"]["instructions"] == "Never reveal secrets.\n\nTalk like a pirate."
+    await rig.session.client_closed(1000)
+
+
+async def test_event_too_deep_to_rewrite_is_refused_and_the_session_stays_up():
+    rules = SessionRules(max_output_tokens_ceiling=100)
+    rig = await start(SessionPlan(session_id="rs_d", model="gpt-realtime", rules=rules))
+    deep = "[" * 300 + "]" * 300  # orjson writes at most 254 levels
+    await rig.session.from_client(
+        '{"type": "session.update", "event_id": "evt_9", "session": {"max_output_tokens": "inf", "x": '
+        + deep
+        + "}}"
+    )
+    error = rig.client.events("error")[-1]["error"]
+    assert (error["code"], error["event_id"]) == ("invalid_event", "evt_9")
+    assert rig.upstream.client_events("session.update") == []
+    assert not rig.session.ending
     await rig.session.client_closed(1000)
 
 
@@ -464,6 +486,19 @@ async def test_client_that_stops_reading_is_closed_with_1013():
     )
     assert rig.hooks.ends[0]["reason"] == EndReason.CLIENT_TOO_SLOW
     assert rig.upstream.closed_with is not None
+    assert relay_tasks() == []
+
+
+async def test_client_that_stops_reading_the_relays_own_errors_is_closed_with_1013():
+    rig = await start()
+    rig.client.reading = False
+    refusing = asyncio.create_task(rig.session.from_client("not json"))  # its error event cannot go out
+    await finish(rig)
+    assert rig.client.closed is not None
+    assert rig.client.closed[0] == CLOSE_CLIENT_TOO_SLOW
+    assert rig.hooks.ends[0]["reason"] == EndReason.CLIENT_TOO_SLOW
+    rig.client.reading = True  # the server drops the connection, and the stuck send returns
+    await asyncio.wait_for(refusing, 1)
     assert relay_tasks() == []
 
 
