@@ -157,7 +157,15 @@ if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [REDIS_URL], "prefix": "rtp:channels", "capacity": 1000, "expiry": 30},
+            "CONFIG": {
+                # redis-py 8 reads with a 5 s socket timeout, exactly channels_redis's 5 s blocking
+                # pop: a busy loop turned idle pops into "Timeout reading" errors that delayed the
+                # kill switch. Reads get twice the pop's time; connecting stays quick.
+                "hosts": [{"address": REDIS_URL, "socket_timeout": 10, "socket_connect_timeout": 2}],
+                "prefix": "rtp:channels",
+                "capacity": 1000,
+                "expiry": 30,
+            },
         }
     }
 
