@@ -17,7 +17,7 @@ from realtime_platform.openapi import error_responses
 from relay.models import RealtimeSession
 from relay.selectors import realtime_session_get, realtime_session_list
 from relay.services import relay_session_terminate, relay_sessions_terminate_all
-from tenants.api_base import KeyAuthApi
+from tenants.api_base import KeyAuthApi, QueryFilterSerializer
 from tenants.models import Scope
 from tenants.selectors import api_key_get
 
@@ -62,7 +62,7 @@ class SessionListOutput(serializers.Serializer[Any]):
 class SessionListApi(KeyAuthApi):
     required_scope = Scope.MANAGE_READ
 
-    class FilterSerializer(serializers.Serializer[Any]):
+    class FilterSerializer(QueryFilterSerializer):
         status = serializers.ChoiceField(choices=[*RealtimeSession.Status.values, "all"], default="active")
         limit = serializers.IntegerField(min_value=1, max_value=100, default=100)
 

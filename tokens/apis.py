@@ -16,7 +16,7 @@ from rest_framework.response import Response
 from audit.actors import Actor
 from realtime_platform.errors import BadRequest, NotFound
 from realtime_platform.http import client_ip
-from tenants.api_base import KeyAuthApi
+from tenants.api_base import KeyAuthApi, QueryFilterSerializer
 from tenants.models import Scope, Tenant
 from tenants.selectors import tenant_limits
 from tokens.models import ClientSecret
@@ -128,7 +128,7 @@ class ClientSecretListOutput(serializers.Serializer[Any]):
 class ClientSecretListApi(KeyAuthApi):
     required_scope = Scope.MANAGE_READ
 
-    class FilterSerializer(serializers.Serializer[Any]):
+    class FilterSerializer(QueryFilterSerializer):
         status = serializers.ChoiceField(choices=ClientSecret.Status.choices, required=False)
         kind = serializers.ChoiceField(choices=ClientSecret.Kind.choices, required=False)
         api_key = serializers.IntegerField(
@@ -242,7 +242,7 @@ class IssuanceUsageOutput(serializers.Serializer[Any]):
 class IssuanceUsageApi(KeyAuthApi):
     required_scope = Scope.MANAGE_READ
 
-    class FilterSerializer(serializers.Serializer[Any]):
+    class FilterSerializer(QueryFilterSerializer):
         days = serializers.IntegerField(required=False, min_value=1, max_value=90, default=7)
 
     @extend_schema(
