@@ -131,8 +131,8 @@ class ClientSecretListApi(KeyAuthApi):
     class FilterSerializer(QueryFilterSerializer):
         status = serializers.ChoiceField(choices=ClientSecret.Status.choices, required=False)
         kind = serializers.ChoiceField(choices=ClientSecret.Kind.choices, required=False)
-        api_key = serializers.IntegerField(
-            required=False, min_value=1, help_text="Issued by this API key id."
+        api_key = serializers.IntegerField(  # max: a larger id overflows SQLite's integers (a 500)
+            required=False, min_value=1, max_value=2**63 - 1, help_text="Issued by this API key id."
         )
         model = serializers.CharField(required=False, max_length=100)
         created_after = serializers.DateTimeField(required=False)
