@@ -57,7 +57,8 @@ class ClientSecretCreateApi(KeyAuthApi):
         parameters=[
             OpenApiParameter(
                 "Idempotency-Key",
-                str,
+                # what idempotency_key_from_header accepts; no blank at either end, which HTTP strips
+                {"type": "string", "pattern": r"^[\x21-\x7e]([\x20-\x7e]{0,253}[\x21-\x7e])?$"},
                 OpenApiParameter.HEADER,
                 description="Up to 255 printable characters; the same key and body within 24 hours "
                 "returns the first response.",
