@@ -9,11 +9,12 @@ export HOST PORT
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help run test lint check audit-deps soak bench lock clean
+.PHONY: help run test fuzz lint check audit-deps soak bench lock clean
 
 help:
 	@echo "make run    serve the platform on http://$(HOST):$(PORT) (SQLite, no Redis, built-in OpenAI emulator)"
 	@echo "make test   run the whole test suite (uses Postgres/Redis if DATABASE_URL/REDIS_URL are set)"
+	@echo "make fuzz   the API fuzzing gate with 500 examples per operation (RTP_FUZZ_EXAMPLES=N to change)"
 	@echo "make lint   ruff and mypy"
 	@echo "make check  lint + check --deploy (production settings) + bandit + pinned versions + audit-deps if reachable"
 	@echo "make audit-deps  pip-audit of requirements/*.txt (fails if the advisory database is unreachable)"
@@ -48,6 +49,10 @@ run: $(VENV)/.base-installed .env
 
 test: $(VENV)/.dev-installed
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# `make test` runs the same module with 25 examples per operation; this is the long run.
+fuzz: $(VENV)/.dev-installed
+	RTP_FUZZ_EXAMPLES=$${RTP_FUZZ_EXAMPLES:-500} $(PY) -m pytest tests/gates/test_api_fuzz.py --timeout=1800 $(PYTEST_ARGS)
 
 lint: $(VENV)/.dev-installed
 	$(VENV)/bin/ruff check .

@@ -267,6 +267,7 @@ def console_view(
                 return view(request, console, *args, **kwargs)
 
         guarded.console_roles = roles  # type: ignore[attr-defined]  # read by the permission tests
+        guarded.console_methods = methods  # type: ignore[attr-defined]  # read by the cross-tenant matrix
         return guarded
 
     return decorate

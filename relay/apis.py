@@ -13,10 +13,11 @@ from rest_framework.response import Response
 from audit.actors import Actor
 from realtime_platform.errors import NotFound
 from realtime_platform.http import client_ip
+from realtime_platform.openapi import error_responses
 from relay.models import RealtimeSession
 from relay.selectors import realtime_session_get, realtime_session_list
 from relay.services import relay_session_terminate, relay_sessions_terminate_all
-from tenants.api_base import KeyAuthApi
+from tenants.api_base import KeyAuthApi, QueryFilterSerializer
 from tenants.models import Scope
 from tenants.selectors import api_key_get
 
@@ -53,16 +54,19 @@ class SessionOutput(serializers.Serializer[Any]):
         return obj.api_key.prefix if obj.api_key_id and obj.api_key else None
 
 
+class SessionListOutput(serializers.Serializer[Any]):
+    object = serializers.CharField(default="list")
+    data = SessionOutput(many=True)  # type: ignore[assignment]
+
+
 class SessionListApi(KeyAuthApi):
     required_scope = Scope.MANAGE_READ
 
-    class FilterSerializer(serializers.Serializer[Any]):
+    class FilterSerializer(QueryFilterSerializer):
         status = serializers.ChoiceField(choices=[*RealtimeSession.Status.values, "all"], default="active")
         limit = serializers.IntegerField(min_value=1, max_value=100, default=100)
 
-    @extend_schema(
-        operation_id="sessions_list", parameters=[FilterSerializer], responses=SessionOutput(many=True)
-    )
+    @extend_schema(operation_id="sessions_list", parameters=[FilterSerializer], responses=SessionListOutput)
     def get(self, request: Request) -> Response:
         filters = self.FilterSerializer(data=request.query_params)
         filters.is_valid(raise_exception=True)
@@ -116,7 +120,11 @@ class SessionTerminateAllApi(KeyAuthApi):
         object = serializers.CharField(default="relay.session.termination")
         terminated = serializers.IntegerField(help_text="Live sessions told to close.")
 
-    @extend_schema(operation_id="sessions_terminate_all", request=InputSerializer, responses=OutputSerializer)
+    @extend_schema(
+        operation_id="sessions_terminate_all",
+        request=InputSerializer,
+        responses={200: OutputSerializer, **error_responses(404)},  # 404: api_key_id not the tenant's
+    )
     def post(self, request: Request) -> Response:
         principal = self.principal(request)
         data = self.InputSerializer(data=request.data)

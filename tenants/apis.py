@@ -37,10 +37,15 @@ class ApiKeyOutput(serializers.Serializer[Any]):
         return "api_key"
 
 
+class ApiKeyListOutput(serializers.Serializer[Any]):
+    object = serializers.CharField(default="list")
+    data = ApiKeyOutput(many=True)  # type: ignore[assignment]
+
+
 class ApiKeyListApi(KeyAuthApi):
     required_scope = Scope.MANAGE_READ
 
-    @extend_schema(operation_id="api_keys_list", responses=ApiKeyOutput(many=True))
+    @extend_schema(operation_id="api_keys_list", responses=ApiKeyListOutput)
     def get(self, request: Request) -> Response:
         keys = api_key_list(tenant=self.principal(request).tenant)
         return Response({"object": "list", "data": ApiKeyOutput(keys, many=True).data})

@@ -16,7 +16,7 @@ from rest_framework.response import Response
 from audit.actors import Actor
 from realtime_platform.errors import BadRequest, NotFound
 from realtime_platform.http import client_ip
-from tenants.api_base import KeyAuthApi
+from tenants.api_base import KeyAuthApi, QueryFilterSerializer
 from tenants.models import Scope, Tenant
 from tenants.selectors import tenant_limits
 from tokens.models import ClientSecret
@@ -57,7 +57,8 @@ class ClientSecretCreateApi(KeyAuthApi):
         parameters=[
             OpenApiParameter(
                 "Idempotency-Key",
-                str,
+                # what idempotency_key_from_header accepts; no blank at either end, which HTTP strips
+                {"type": "string", "pattern": r"^[\x21-\x7e]([\x20-\x7e]{0,253}[\x21-\x7e])?$"},
                 OpenApiParameter.HEADER,
                 description="Up to 255 printable characters; the same key and body within 24 hours "
                 "returns the first response.",
@@ -128,11 +129,11 @@ class ClientSecretListOutput(serializers.Serializer[Any]):
 class ClientSecretListApi(KeyAuthApi):
     required_scope = Scope.MANAGE_READ
 
-    class FilterSerializer(serializers.Serializer[Any]):
+    class FilterSerializer(QueryFilterSerializer):
         status = serializers.ChoiceField(choices=ClientSecret.Status.choices, required=False)
         kind = serializers.ChoiceField(choices=ClientSecret.Kind.choices, required=False)
-        api_key = serializers.IntegerField(
-            required=False, min_value=1, help_text="Issued by this API key id."
+        api_key = serializers.IntegerField(  # max: a larger id overflows SQLite's integers (a 500)
+            required=False, min_value=1, max_value=2**63 - 1, help_text="Issued by this API key id."
         )
         model = serializers.CharField(required=False, max_length=100)
         created_after = serializers.DateTimeField(required=False)
@@ -242,7 +243,7 @@ class IssuanceUsageOutput(serializers.Serializer[Any]):
 class IssuanceUsageApi(KeyAuthApi):
     required_scope = Scope.MANAGE_READ
 
-    class FilterSerializer(serializers.Serializer[Any]):
+    class FilterSerializer(QueryFilterSerializer):
         days = serializers.IntegerField(required=False, min_value=1, max_value=90, default=7)
 
     @extend_schema(

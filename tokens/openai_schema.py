@@ -65,17 +65,19 @@ def _as_tuple(types: type | tuple[type, ...]) -> tuple[type, ...]:
 # --- Audio ------------------------------------------------------------------------------------
 
 
+# `type` has no default: it picks the union member (`AudioFormat`), so a format without it is refused
+# and the OpenAPI schema must say it is required.
 class AudioPCM(_Strict):
-    type: Literal["audio/pcm"] = "audio/pcm"
+    type: Literal["audio/pcm"]
     rate: Literal[24000] = 24000
 
 
 class AudioPCMU(_Strict):
-    type: Literal["audio/pcmu"] = "audio/pcmu"
+    type: Literal["audio/pcmu"]
 
 
 class AudioPCMA(_Strict):
-    type: Literal["audio/pcma"] = "audio/pcma"
+    type: Literal["audio/pcma"]
 
 
 AudioFormat = Annotated[
@@ -196,6 +198,20 @@ McpConnector = Literal[
 
 
 class McpTool(_Strict):
+    # The OpenAPI schema's version of `_one_server` below: exactly one of the three is given.
+    model_config = ConfigDict(
+        json_schema_extra={
+            "oneOf": [
+                {
+                    "required": ["server_url"],
+                    "properties": {"server_url": {"type": "string", "minLength": 1}},
+                },
+                {"required": ["connector_id"], "properties": {"connector_id": {"type": "string"}}},
+                {"required": ["tunnel_id"], "properties": {"tunnel_id": {"type": "string"}}},
+            ]
+        }
+    )
+
     type: Literal["mcp"]
     server_label: str
     server_url: str | None = None
