@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 help:
 	@echo "make run    serve the platform on http://$(HOST):$(PORT) (SQLite, no Redis, built-in OpenAI emulator)"
 	@echo "make test   run the whole test suite (uses Postgres/Redis if DATABASE_URL/REDIS_URL are set)"
-	@echo "make fuzz   the API fuzzing gate with 500 examples per operation (RTP_FUZZ_EXAMPLES=N to change)"
+	@echo "make fuzz   the fuzzing gates, larger: 500 examples per API operation and 500 frames per WebSocket session (RTP_FUZZ_EXAMPLES=N, RTP_FUZZ_SEED=N)"
 	@echo "make lint   ruff and mypy"
 	@echo "make check  lint + check --deploy (production settings) + bandit + pinned versions + audit-deps if reachable"
 	@echo "make audit-deps  pip-audit of requirements/*.txt (fails if the advisory database is unreachable)"
@@ -52,7 +52,7 @@ test: $(VENV)/.dev-installed
 
 # `make test` runs the same module with 25 examples per operation; this is the long run.
 fuzz: $(VENV)/.dev-installed
-	RTP_FUZZ_EXAMPLES=$${RTP_FUZZ_EXAMPLES:-500} $(PY) -m pytest tests/gates/test_api_fuzz.py --timeout=1800 $(PYTEST_ARGS)
+	RTP_FUZZ_EXAMPLES=$${RTP_FUZZ_EXAMPLES:-500} $(PY) -m pytest tests/gates/test_api_fuzz.py tests/gates/test_ws_fuzz.py --timeout=1800 $(PYTEST_ARGS)
 
 lint: $(VENV)/.dev-installed
 	$(VENV)/bin/ruff check .
