@@ -278,6 +278,7 @@ class RelaySession:
         self._finisher: asyncio.Task[None] | None = None
         self._meters: set[asyncio.Task[None]] = set()
         self._expiry: asyncio.TimerHandle | None = None
+        self._gone_timer: asyncio.TimerHandle | None = None  # see _client_send_failed
         self._finish_callbacks: list[Callable[[], None]] = []
 
     @property
@@ -544,11 +545,23 @@ class RelaySession:
         except asyncio.CancelledError:
             raise
         except Exception:
-            self._client_open = False
-            self._end(Cutoff(EndReason.CLIENT_GONE, CLOSE_NORMAL, notify_client=False))
+            self._client_send_failed()
         finally:
             if clock_started:
                 self._client_send_since = 0.0
+
+    def _client_send_failed(self) -> None:
+        """A send to the client failed, so its socket is gone. When the client closed on purpose
+        while a frame was on its way, the server reports that close right after the failed send:
+        give the report `close_timeout_seconds` to name the reason (client_closed) before calling
+        the client gone."""
+        self._client_open = False
+        if self._gone_timer is None and self._finisher is None:
+            self._gone_timer = asyncio.get_running_loop().call_later(
+                self.limits.close_timeout_seconds,
+                self._end,
+                Cutoff(EndReason.CLIENT_GONE, CLOSE_NORMAL, notify_client=False),
+            )
 
     # --- upstream → client ----------------------------------------------------------------------
 
@@ -581,8 +594,7 @@ class RelaySession:
             except asyncio.CancelledError:
                 raise
             except Exception:
-                self._client_open = False
-                self._end(Cutoff(EndReason.CLIENT_GONE, CLOSE_NORMAL, notify_client=False))
+                self._client_send_failed()
                 return
             self._client_send_since = 0.0
 
@@ -713,6 +725,8 @@ class RelaySession:
         self.close_code = cutoff.close_code
         if self._expiry is not None:
             self._expiry.cancel()
+        if self._gone_timer is not None:
+            self._gone_timer.cancel()
         tasks = [t for t in (self._pump, self._watchdog) if t is not None and not t.done()]
         for task in tasks:
             task.cancel()

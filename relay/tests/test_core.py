@@ -65,8 +65,9 @@ async def start(
     connector: FakeConnector | None = None,
     hooks: RecordingHooks | None = None,
     limits: RelayLimits = FAST,
+    client: ListClient | None = None,
 ) -> Rig:
-    client, connector, hooks = ListClient(), connector or FakeConnector(), hooks or RecordingHooks()
+    client, connector, hooks = client or ListClient(), connector or FakeConnector(), hooks or RecordingHooks()
     session = RelaySession(
         plan=plan or SessionPlan(session_id="rs_test", model="gpt-realtime"),
         client=client,
@@ -560,3 +561,31 @@ async def test_heartbeat_runs_and_its_cutoff_ends_the_session():
     await finish(rig)
     assert rig.client.closed[0] == CLOSE_TERMINATED
     assert hooks.ends[0]["reason"] == EndReason.TENANT_SUSPENDED
+
+
+class BrokenClient(ListClient):
+    """A client whose socket fails every send, as when it closed while a frame was on its way."""
+
+    async def send(self, frame: str) -> None:
+        raise ConnectionResetError("the client's socket is closed")
+
+
+async def test_failed_send_then_the_clients_close_frame_ends_as_client_closed():
+    rig = await start(client=BrokenClient())
+    # the client has closed: this send fails before the server reports its close frame
+    rig.upstream.emit_raw('{"type":"response.output_audio.delta","delta":"AAAA"}')
+    await asyncio.sleep(0.05)
+    await rig.session.client_closed(1000)  # the server then reports the close frame
+    await finish(rig)
+    assert rig.session.end_reason == EndReason.CLIENT_CLOSED
+    assert rig.hooks.ends[0]["reason"] == EndReason.CLIENT_CLOSED
+    assert relay_tasks() == []
+
+
+async def test_failed_send_without_any_close_report_ends_as_client_gone():
+    rig = await start(client=BrokenClient())
+    rig.upstream.emit_raw('{"type":"response.output_audio.delta","delta":"AAAA"}')
+    await finish(rig)  # within close_timeout_seconds (0.2 s here)
+    assert rig.session.end_reason == EndReason.CLIENT_GONE
+    assert rig.hooks.ends[0]["reason"] == EndReason.CLIENT_GONE
+    assert relay_tasks() == []
