@@ -22,7 +22,7 @@ from channels.layers import BaseChannelLayer, get_channel_layer
 from django.conf import settings
 
 from realtime_platform.context import accept_request_id, request_id_var, tenant_id_var
-from realtime_platform.errors import ApplicationError, server_error_body
+from realtime_platform.errors import as_api_error, server_error_body
 from relay.core import (
     CLOSE_QUOTA,
     CLOSE_UPSTREAM_FAILED,
@@ -271,12 +271,13 @@ class RelayConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels h
                 client_ip=client[0] if client else None,
                 channel_name=self.channel_name,
             )
-        except ApplicationError as exc:
-            await self._deny(exc.status, exc.as_body(), exc.headers)
-            return False
-        except Exception:
-            logger.exception("relay handshake failed")
-            await self._deny(500, server_error_body(), {})
+        except Exception as exc:
+            error = as_api_error(exc)  # a refusal; or a lost database: 503 database_unavailable
+            if error is None:
+                logger.exception("relay handshake failed")
+                await self._deny(500, server_error_body(), {})
+            else:
+                await self._deny(error.status, error.as_body(), error.headers)
             return False
         self.grant = grant
         tenant_id_var.set(str(grant.tenant_id))

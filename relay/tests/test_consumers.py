@@ -261,6 +261,25 @@ def _actor() -> Actor:
     return Actor.system("tests")
 
 
+async def test_a_lost_database_on_the_handshake_is_a_503_to_retry(
+    tenant, connect_key, fake_openai, monkeypatch
+):
+    """The database connection dies while the handshake is checked (the fault matrix kills real
+    backends for the HTTP paths; here the driver's error is raised where it would surface)."""
+    from django.db import OperationalError
+
+    def lost(**kwargs: Any) -> Any:
+        raise OperationalError("server closed the connection unexpectedly")
+
+    monkeypatch.setattr("relay.consumers.relay_session_open", lost)
+    answer = await refused(client(connect_key.plaintext))
+    assert answer["status"] == 503
+    assert answer["error"]["code"] == "database_unavailable"
+    assert answer["headers"][b"retry-after"] == b"1"
+    assert "Traceback" not in answer["body"].decode()
+    assert fake_openai.calls == []
+
+
 async def test_without_the_denial_extension_a_refusal_closes_before_accept(tenant, fake_openai):
     ws = client("rtp_sk_nonsense", denial_extension=False)
     assert await handshake(ws) == {"type": "websocket.close"}  # daphne answers this with HTTP 403
