@@ -123,6 +123,9 @@ if IS_POSTGRES and DATABASE_POOL_MAX > 0:
     # Under ASGI every request runs its sync code in a fresh thread context, so persistent
     # per-thread connections (CONN_MAX_AGE) would leak one connection per request. A psycopg pool
     # hands connections back at the end of each request instead (Django's advice for ASGI).
+    # Django's backend, plus a sweep of the whole pool when a dead connection turns up
+    # (realtime_platform/postgresql/base.py).
+    DATABASES["default"]["ENGINE"] = "realtime_platform.postgresql"
     DATABASES["default"]["CONN_MAX_AGE"] = 0
     # With a pool this makes Django pass psycopg's check to it: each connection is tested as it
     # leaves the pool (one empty query) and replaced if the server closed it meanwhile (restart,
