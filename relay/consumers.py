@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from typing import Any
 from urllib.parse import parse_qs
@@ -19,6 +20,7 @@ import orjson
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from channels.layers import BaseChannelLayer, get_channel_layer
+from django import db
 from django.conf import settings
 
 from realtime_platform.context import accept_request_id, request_id_var, tenant_id_var
@@ -264,13 +266,20 @@ class RelayConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels h
         # one request id per socket (the caller's X-Request-Id when sane), for its logs and audit rows
         header = next((v for k, v in self.scope.get("headers") or [] if k == b"x-request-id"), b"")
         request_id_var.set(accept_request_id(header.decode("latin-1") or None))
+        open_session = functools.partial(
+            database_sync_to_async(relay_session_open),
+            credential=credential,
+            model=query_value(self.scope, "model"),
+            client_ip=client[0] if client else None,
+            channel_name=self.channel_name,
+        )
         try:
-            grant = await database_sync_to_async(relay_session_open)(
-                credential=credential,
-                model=query_value(self.scope, "model"),
-                client_ip=client[0] if client else None,
-                channel_name=self.channel_name,
-            )
+            try:
+                grant = await open_session()
+            except (db.OperationalError, db.InterfaceError):
+                # A connection that died under us (restart, failover) fails only this attempt: the
+                # handshake is one transaction, rolled back, and the retry takes a tested connection.
+                grant = await open_session()
         except Exception as exc:
             error = as_api_error(exc)  # a refusal; or a lost database: 503 database_unavailable
             if error is None:

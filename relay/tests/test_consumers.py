@@ -264,15 +264,19 @@ def _actor() -> Actor:
 async def test_a_lost_database_on_the_handshake_is_a_503_to_retry(
     tenant, connect_key, fake_openai, monkeypatch
 ):
-    """The database connection dies while the handshake is checked (the fault matrix kills real
-    backends for the HTTP paths; here the driver's error is raised where it would surface)."""
+    """The database is unreachable while the handshake is checked (the fault matrix kills real
+    backends; here the driver's error is raised where it would surface): one retry, then 503."""
     from django.db import OperationalError
 
+    attempts: list[str] = []
+
     def lost(**kwargs: Any) -> Any:
+        attempts.append(kwargs["credential"])
         raise OperationalError("server closed the connection unexpectedly")
 
     monkeypatch.setattr("relay.consumers.relay_session_open", lost)
     answer = await refused(client(connect_key.plaintext))
+    assert len(attempts) == 2  # one retry on a fresh connection, then the refusal
     assert answer["status"] == 503
     assert answer["error"]["code"] == "database_unavailable"
     assert answer["headers"][b"retry-after"] == b"1"
@@ -640,3 +644,25 @@ async def test_the_sockets_request_id_reaches_its_audit_rows(tenant, connect_key
         )
 
     assert await request_ids() == ["req_from_client_42", "req_from_client_42"]
+
+
+async def test_a_connection_lost_once_on_the_handshake_is_retried(connect_key, fake_openai, monkeypatch):
+    """A pooled connection that died (a restart, a failover) fails the first attempt only."""
+    from django.db import OperationalError
+
+    from relay import consumers
+
+    real = consumers.relay_session_open
+    failures = [OperationalError("terminating connection due to administrator command")]
+
+    def once(**kwargs: Any) -> Any:
+        if failures:
+            raise failures.pop()
+        return real(**kwargs)
+
+    monkeypatch.setattr("relay.consumers.relay_session_open", once)
+    ws = client(connect_key.plaintext)
+    answer = await handshake(ws)
+    assert answer["type"] == "websocket.accept", answer
+    assert failures == []
+    await ws.disconnect()
