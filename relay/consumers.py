@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
 from urllib.parse import parse_qs
 
 import orjson
@@ -52,6 +52,22 @@ from relay.services import (
 from tenants.auth import bearer_token
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+async def in_database(fn: Callable[..., T], /, **kwargs: Any) -> T:
+    """Run a relay service in a database thread; if the connection died under it (a restart, a
+    failover), once more on a fresh connection, which the pool tests first. Only for services
+    that are one transaction or idempotent: the handshake (rolled back whole), metering (once per
+    response id) and the end of a session (safe to call twice)."""
+    call = database_sync_to_async(fn)
+    try:
+        return cast(T, await call(**kwargs))
+    except (db.OperationalError, db.InterfaceError):
+        logger.warning("database connection lost in %s; retrying once", fn.__name__)
+        return cast(T, await call(**kwargs))
+
 
 SUBPROTOCOL_KEY_PREFIX = "openai-insecure-api-key."
 ABANDON_AFTER_SECONDS = 2.0  # after the session ended, how long to wait for the client's close
@@ -138,7 +154,8 @@ class DatabaseHooks:
     async def response_done(
         self, *, response_id: str, usage: dict[str, Any] | None, audio_in_ms: int, audio_out_ms: int
     ) -> Cutoff | None:
-        outcome = await database_sync_to_async(relay_session_meter)(
+        outcome = await in_database(
+            relay_session_meter,
             session_id=self.grant.session_id,
             response_id=response_id,
             usage=usage,
@@ -202,7 +219,8 @@ class DatabaseHooks:
     async def ended(
         self, stats: SessionStats, *, reason: str, close_code: int | None, audio_in_ms: int, audio_out_ms: int
     ) -> None:
-        await database_sync_to_async(relay_session_end)(
+        await in_database(
+            relay_session_end,
             session_id=self.grant.session_id,
             reason=reason,
             close_code=close_code,
@@ -266,20 +284,14 @@ class RelayConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels h
         # one request id per socket (the caller's X-Request-Id when sane), for its logs and audit rows
         header = next((v for k, v in self.scope.get("headers") or [] if k == b"x-request-id"), b"")
         request_id_var.set(accept_request_id(header.decode("latin-1") or None))
-        open_session = functools.partial(
-            database_sync_to_async(relay_session_open),
-            credential=credential,
-            model=query_value(self.scope, "model"),
-            client_ip=client[0] if client else None,
-            channel_name=self.channel_name,
-        )
         try:
-            try:
-                grant = await open_session()
-            except (db.OperationalError, db.InterfaceError):
-                # A connection that died under us (restart, failover) fails only this attempt: the
-                # handshake is one transaction, rolled back, and the retry takes a tested connection.
-                grant = await open_session()
+            grant = await in_database(
+                relay_session_open,
+                credential=credential,
+                model=query_value(self.scope, "model"),
+                client_ip=client[0] if client else None,
+                channel_name=self.channel_name,
+            )
         except Exception as exc:
             error = as_api_error(exc)  # a refusal; or a lost database: 503 database_unavailable
             if error is None:

@@ -666,3 +666,40 @@ async def test_a_connection_lost_once_on_the_handshake_is_retried(connect_key, f
     assert answer["type"] == "websocket.accept", answer
     assert failures == []
     await ws.disconnect()
+
+
+async def test_metering_and_the_end_survive_a_connection_lost_once(
+    tenant, connect_key, fake_openai, monkeypatch
+):
+    """A response's usage and the session's end are retried once on a fresh connection (both are
+    idempotent), so a pooled connection that died costs neither a ledger row nor the slot."""
+    from django.db import InterfaceError, OperationalError
+
+    from relay import consumers
+
+    lost: dict[str, list[Exception]] = {
+        "relay_session_meter": [OperationalError("server closed the connection unexpectedly")],
+        "relay_session_end": [InterfaceError("connection already closed")],
+    }
+    for name in lost:
+        real = getattr(consumers, name)
+
+        def once(real: Any = real, name: str = name, **kwargs: Any) -> Any:
+            if lost[name]:
+                raise lost[name].pop()
+            return real(**kwargs)
+
+        monkeypatch.setattr(f"relay.consumers.{name}", once)
+
+    ws = client(connect_key.plaintext)
+    assert (await handshake(ws))["type"] == "websocket.accept"
+    await next_event(ws)  # session.created
+    await ws.send_to(text_data='{"type":"response.create"}')
+    await events_until(ws, lambda e: e["type"] == "response.done")
+    await ws.disconnect()
+    row = await wait_ended((await db(RealtimeSession.objects.get)()).pk)
+
+    assert lost == {"relay_session_meter": [], "relay_session_end": []}  # each failed once
+    assert row.end_reason == EndReason.CLIENT_CLOSED
+    assert await db(UsageEvent.objects.filter(kind=UsageEvent.Kind.RESPONSE, session_id=row.pk).count)() == 1
+    assert await slots_in_use(tenant) == 0
