@@ -16,6 +16,7 @@ from django.db import connection
 
 from audit.chain import (
     GENESIS_HASH,
+    HASHED_FIELDS,
     VERSION_PREFIX,
     as_aware_datetime,
     canonical_json,
@@ -39,23 +40,7 @@ ACTIONS = [
     ("auth.login", 5),
     ("auth.login_failed", 1),
 ]
-COLUMNS = (
-    "prev_hash",
-    "seq",
-    "chain",
-    "tenant_id",
-    "created_at",
-    "actor_type",
-    "actor_id",
-    "actor_label",
-    "action",
-    "target_type",
-    "target_id",
-    "request_id",
-    "ip",
-    "details",
-    "hash",
-)
+COLUMNS = (*HASHED_FIELDS, "hash")  # the verifier's row layout (audit/chain.py)
 _len = struct.Struct(">i").pack
 _int8 = struct.Struct(">q").pack
 

@@ -26,6 +26,8 @@ class DatabaseWrapper(base.DatabaseWrapper):
     @property
     def pool(self) -> Any:
         pool = super().pool
+        # `_check` is where psycopg_pool keeps the check Django gave it; should a release rename it,
+        # this leaves Django's plain check in place rather than failing
         if pool is not None and getattr(pool, "_check", None) is type(pool).check_connection:
             pool._check = functools.partial(_check_or_sweep, pool, threading.Lock())
         return pool
