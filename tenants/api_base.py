@@ -31,7 +31,7 @@ class QueryFilterSerializer(serializers.Serializer[Any]):
     about, and the OpenAPI schema promises a valid value, so it is refused like any other."""
 
     def to_internal_value(self, data: Mapping[str, Any]) -> Any:
-        for name in self.fields:
+        for name, _field in self.fields.items():
             values = data.getlist(name) if hasattr(data, "getlist") else [data.get(name)]
             if "" in values:
                 raise serializers.ValidationError(
